@@ -1,0 +1,236 @@
+"""The BosBase pub/sub wire contract, as pure functions and values (no I/O).
+
+Both the server and the SDK import this module, so it depends on nothing but
+orjson. It turns a client frame into one typed request (or a contract error),
+and builds the server's reply frames. See ``shared/protocol.md`` in the
+project's steering folder and ``docs/reference/protocol.md``.
+
+Rules kept here (the contract's, exactly):
+
+* every frame is one JSON object; anything else is ``invalid message format``
+  with no ``requestId``;
+* ``type`` is matched after trimming and lower-casing, ``topic`` is trimmed;
+* fields that are empty are left out of replies, ``requestId`` included;
+* a publish without ``data`` carries ``null``; its raw ``data`` is at most
+  256 KiB.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+"""The largest ``data`` a publish may carry, measured as compact JSON."""
+
+# The contract's error messages; the official SDKs show them to users verbatim.
+ERR_TOPIC_REQUIRED: Final = "topic must be set"
+ERR_AUTH_REQUIRED: Final = "authentication required to publish"
+ERR_PAYLOAD_TOO_LARGE: Final = "payload too large"
+ERR_PAYLOAD_INVALID: Final = "payload must be valid JSON"
+ERR_PUBLISH_FAILED: Final = "failed to publish message"
+ERR_UNSUPPORTED_TYPE: Final = "unsupported pubsub message type"
+ERR_INVALID_FORMAT: Final = "invalid message format"
+
+CONTRACT_ERRORS: Final = frozenset(
+    {
+        ERR_TOPIC_REQUIRED,
+        ERR_AUTH_REQUIRED,
+        ERR_PAYLOAD_TOO_LARGE,
+        ERR_PAYLOAD_INVALID,
+        ERR_PUBLISH_FAILED,
+        ERR_UNSUPPORTED_TYPE,
+        ERR_INVALID_FORMAT,
+    }
+)
+
+
+# --- Requests (client to server) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    request_id: str
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    request_id: str
+    topic: str
+    """The topic to leave; empty means every topic."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    request_id: str
+    topic: str
+    data: bytes
+    """The payload as compact JSON text (``b"null"`` when the frame had none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestError:
+    """A frame the contract rejects; ``message`` is one of the contract's errors."""
+
+    request_id: str
+    message: str
+
+
+Request = Ping | Subscribe | Unsubscribe | Publish | RequestError
+
+
+def parse_request(frame: str | bytes) -> Request:
+    """Read one client frame into a request, or the contract error it earns.
+
+    Never raises: a frame that is not a JSON object with string fields gives
+    ``RequestError(message=ERR_INVALID_FORMAT)`` without a request id.
+    """
+    envelope = _decode(frame)
+    if not isinstance(envelope, dict):
+        return RequestError("", ERR_INVALID_FORMAT)
+
+    kind = envelope.get("type", "")
+    topic = envelope.get("topic", "")
+    request_id = envelope.get("requestId", "")
+    # The reference server decodes into typed string fields: any other JSON
+    # type there fails the whole frame. ``null`` decodes to the empty string.
+    kind = "" if kind is None else kind
+    topic = "" if topic is None else topic
+    request_id = "" if request_id is None else request_id
+    if not (isinstance(kind, str) and isinstance(topic, str) and isinstance(request_id, str)):
+        return RequestError("", ERR_INVALID_FORMAT)
+
+    kind = kind.strip().lower()
+    topic = topic.strip()
+    if kind == "ping":
+        return Ping(request_id)
+    if kind == "subscribe":
+        if not topic:
+            return RequestError(request_id, ERR_TOPIC_REQUIRED)
+        return Subscribe(request_id, topic)
+    if kind == "unsubscribe":
+        return Unsubscribe(request_id, topic)
+    if kind == "publish":
+        if not topic:
+            return RequestError(request_id, ERR_TOPIC_REQUIRED)
+        data = encode_payload(envelope.get("data"))
+        if isinstance(data, str):
+            return RequestError(request_id, data)
+        return Publish(request_id, topic, data)
+    return RequestError(request_id, ERR_UNSUPPORTED_TYPE)
+
+
+_INVALID = object()
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode(frame: str | bytes) -> Any:
+    """Decode JSON text, or return ``_INVALID``.
+
+    orjson is the fast path, but it reads integers beyond 64 bits as floats
+    and so changes them; a frame holding a run of 20 or more digits goes to
+    the standard library instead, which keeps them exact (with the
+    non-standard ``NaN`` and ``Infinity`` refused).
+    """
+    raw = frame.encode() if isinstance(frame, str) else frame
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _INVALID
+    try:
+        return json.loads(frame, parse_constant=_reject_constant)
+    except (ValueError, TypeError, RecursionError):
+        return _INVALID
+
+
+def encode_payload(value: Any) -> bytes | str:
+    """Compact a decoded ``data`` value, or return the contract error it earns."""
+    try:
+        data = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        try:
+            # Integers beyond 64 bits (see ``_decode``) and very deep nesting.
+            data = json.dumps(
+                value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except (TypeError, ValueError, RecursionError):
+            return ERR_PAYLOAD_INVALID
+    if len(data) > MAX_PAYLOAD_BYTES:
+        return ERR_PAYLOAD_TOO_LARGE
+    return data
+
+
+# --- Replies (server to client) -----------------------------------------------------
+
+
+def format_created(moment: _dt.datetime) -> str:
+    """Render a UTC moment in the contract's layout ``YYYY-MM-DD HH:MM:SS.mmmZ``."""
+    moment = moment.astimezone(_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_created(text: str) -> _dt.datetime:
+    """Read a ``created`` value back into an aware UTC datetime."""
+    return _dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
+
+
+def _reply(fields: dict[str, Any]) -> bytes:
+    # Empty strings are left out, as the reference server's ``omitempty`` does.
+    return orjson.dumps({key: value for key, value in fields.items() if value != ""})
+
+
+def ready_frame(client_id: str) -> bytes:
+    return _reply({"type": "ready", "clientId": client_id})
+
+
+def pong_frame(request_id: str) -> bytes:
+    return _reply({"type": "pong", "requestId": request_id})
+
+
+def subscribed_frame(request_id: str) -> bytes:
+    return _reply({"type": "subscribed", "requestId": request_id})
+
+
+def unsubscribed_frame(request_id: str) -> bytes:
+    return _reply({"type": "unsubscribed", "requestId": request_id})
+
+
+def error_frame(request_id: str, message: str) -> bytes:
+    return _reply({"type": "error", "requestId": request_id, "message": message})
+
+
+def published_frame(request_id: str, message_id: str, topic: str, created: str) -> bytes:
+    return _reply(
+        {
+            "type": "published",
+            "requestId": request_id,
+            "id": message_id,
+            "topic": topic,
+            "created": created,
+        }
+    )
+
+
+def message_frame(message_id: str, topic: str, data: bytes, created: str) -> bytes:
+    """Build the ``message`` frame once; ``data`` is already compact JSON text."""
+    # ``data`` is spliced in as raw JSON so that it is never decoded and
+    # re-encoded on the fan-out path.
+    head = orjson.dumps({"type": "message", "id": message_id, "topic": topic})
+    tail = orjson.dumps(created)
+    return b"".join((head[:-1], b',"data":', data, b',"created":', tail, b"}"))

@@ -1,0 +1,106 @@
+"""Server settings, grouped in small frozen dataclasses.
+
+``cli.py`` fills them from flags and environment variables; tests and
+embedders may build them directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..protocol import MAX_PAYLOAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection and per-address limits; each breach gets a clear error."""
+
+    max_topic_length: int = 256
+    """Longest topic name, in characters."""
+    max_subscriptions: int = 1000
+    """Topics one connection may subscribe to at once."""
+    publish_rate: float = 1000.0
+    """Sustained publishes per second per connection (a token bucket)."""
+    publish_burst: int = 2000
+    """Publishes a connection may make at once before the rate applies."""
+    max_connections_per_address: int = 1000
+    """Concurrent WebSocket connections from one client address."""
+    max_frame_bytes: int = MAX_PAYLOAD_BYTES + 16 * 1024
+    """Largest incoming WebSocket message; above it the connection is closed with 1009."""
+    outbound_buffer_bytes: int = 4 * 1024 * 1024
+    """Bytes queued for a subscriber that is not reading; past it, it is closed (slow consumer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    token_ttl: dt.timedelta = dt.timedelta(days=7)
+    signup: bool = True
+    """Whether ``POST /api/collections/users/records`` creates accounts."""
+    origins: tuple[str, ...] = ()
+    """Extra origins (``https://app.example.com``) allowed to use the ``pb_auth`` cookie."""
+    failed_signins_per_identity: int = 5
+    """Failed sign-ins per identity within ``failed_signin_window`` before a 429."""
+    failed_signins_per_address: int = 20
+    """Failed sign-ins per client address within ``failed_signin_window`` before a 429."""
+    failed_signin_window: dt.timedelta = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    keep: dt.timedelta = dt.timedelta(hours=24)
+    """Messages older than this are deleted."""
+    interval: dt.timedelta = dt.timedelta(minutes=1)
+    """How often pruning runs."""
+    batch: int = 2000
+    """Rows deleted per transaction, so that publishing never waits long."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    data_dir: Path = Path("pb_data")
+    db_url: str | None = None
+    """``None`` means the embedded SQLite file ``data_dir/data.db``."""
+    heartbeat: float = 30.0
+    """Seconds between WebSocket pings; a peer that does not answer in half of it is dropped."""
+    shutdown_timeout: float = 10.0
+    """Seconds a graceful shutdown waits for acked commits and closing sockets."""
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "info"
+    limits: Limits = field(default_factory=Limits)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    retention: Retention = field(default_factory=Retention)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """Read ``90s``, ``15m``, ``6h``, ``7d`` or ``1h30m`` into a timedelta.
+
+    Raises ``ValueError`` with the accepted forms when ``text`` is not one.
+    """
+    text = text.strip()
+    pos, seconds = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"invalid duration {text!r} (use e.g. 90s, 15m, 6h, 7d or 1h30m)")
+    return dt.timedelta(seconds=seconds)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Read ``HOST:PORT`` (``[::1]:8090`` for IPv6) into its parts."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {text!r} (expected HOST:PORT)")
+    return host.strip("[]") or "127.0.0.1", int(port)

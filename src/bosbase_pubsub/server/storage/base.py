@@ -1,0 +1,113 @@
+"""The storage interface: one ``Store`` per node, chosen by URL scheme.
+
+The hub, the protocol code and the HTTP routes talk only to this interface,
+so a backend (SQLite today, PostgreSQL next) slots in without touching them.
+Group commit lives above it (``server.commits``): a backend only needs to
+write a whole batch in one transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class StoreError(Exception):
+    """The store failed (unreachable, full, corrupt...): the operation did not happen."""
+
+
+class DuplicateRecord(StoreError):
+    """A unique field (an account's email) is already taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One published message, as stored in ``_pubsub_messages``."""
+
+    id: str
+    topic: str
+    data: bytes
+    """The payload as compact JSON text."""
+    created: str
+    """UTC in the contract's layout ``YYYY-MM-DD HH:MM:SS.mmmZ`` (sorts as text)."""
+    origin: str
+    """The id of the node that stored it."""
+    created_by: str | None
+    """The publisher's record id."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthRecord:
+    """One account of an auth collection (``users`` or ``_superusers``)."""
+
+    id: str
+    collection: str
+    email: str
+    password_hash: str
+    token_key: str
+    """Part of the token signing key; replaced on a password change so that
+    tokens issued before stop verifying."""
+    verified: bool
+    email_visibility: bool
+    name: str
+    created: str
+    updated: str
+
+
+class AccountStore(abc.ABC):
+    """Accounts of the auth collections, and the node-shared signing secrets."""
+
+    @abc.abstractmethod
+    async def find_by_email(self, collection: str, email: str) -> AuthRecord | None:
+        """The record whose email matches (case-insensitively), if any."""
+
+    @abc.abstractmethod
+    async def find_by_id(self, collection: str, record_id: str) -> AuthRecord | None:
+        """The record with this id, if any."""
+
+    @abc.abstractmethod
+    async def insert(self, record: AuthRecord) -> None:
+        """Add a record. Raises ``DuplicateRecord`` when its email is taken."""
+
+    @abc.abstractmethod
+    async def update_password(
+        self, collection: str, record_id: str, password_hash: str, token_key: str, updated: str
+    ) -> None:
+        """Replace a record's password hash and token key."""
+
+    @abc.abstractmethod
+    async def secret(self, name: str, candidate: str) -> str:
+        """The secret stored under ``name``; stores ``candidate`` first if there is none.
+
+        Every node sharing a database gets the same value, whichever asked first.
+        """
+
+
+class Store(abc.ABC):
+    """Durable storage of messages and accounts for one node."""
+
+    accounts: AccountStore
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create or upgrade the schema."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+
+    @abc.abstractmethod
+    async def append(self, messages: Sequence[Message]) -> None:
+        """Store every message in one transaction; returns once it has committed.
+
+        Raises ``StoreError`` when nothing was stored.
+        """
+
+    @abc.abstractmethod
+    async def prune(self, before: str, limit: int) -> int:
+        """Delete at most ``limit`` messages created before ``before``; return how many."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise ``StoreError`` unless the store answers."""
