@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import AccountStore, AuthRecord, DuplicateRecord, Message, Store, StoreError
+from .base import AccountStore, AuthRecord, DuplicateRecordError, Message, Store, StoreError
 
 __all__ = [
     "AccountStore",
     "AuthRecord",
-    "DuplicateRecord",
+    "DuplicateRecordError",
     "Message",
     "Store",
     "StoreError",

@@ -17,7 +17,7 @@ class StoreError(Exception):
     """The store failed (unreachable, full, corrupt...): the operation did not happen."""
 
 
-class DuplicateRecord(StoreError):
+class DuplicateRecordError(StoreError):
     """A unique field (an account's email) is already taken."""
 
 
@@ -68,7 +68,7 @@ class AccountStore(abc.ABC):
 
     @abc.abstractmethod
     async def insert(self, record: AuthRecord) -> None:
-        """Add a record. Raises ``DuplicateRecord`` when its email is taken."""
+        """Add a record. Raises ``DuplicateRecordError`` when its email is taken."""
 
     @abc.abstractmethod
     async def update_password(

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .base import AccountStore, AuthRecord, DuplicateRecord, Message, Store, StoreError
+from .base import AccountStore, AuthRecord, DuplicateRecordError, Message, Store, StoreError
 
 T = TypeVar("T")
 
@@ -224,7 +224,7 @@ class SqliteAccounts(AccountStore):
                 )
             )
         except sqlite3.IntegrityError as error:
-            raise DuplicateRecord(str(error)) from error
+            raise DuplicateRecordError(str(error)) from error
 
     async def update_password(
         self, collection: str, record_id: str, password_hash: str, token_key: str, updated: str

@@ -1,0 +1,616 @@
+"""Shared plumbing for the benchmarks: servers as pinned subprocesses, the C load
+generator, /proc accounting, tables and result files.
+
+Nothing here imports the server: every server under test is a subprocess, measured
+from outside through /proc (CPU: utime+stime of the process and its descendants,
+memory: VmRSS), so the figures hold on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+BASELINES = BENCH / "baselines"
+LOADGEN_SRC = BENCH / "loadgen" / "wsload.c"
+LOADGEN_BIN = BENCH / "loadgen" / "build" / "wsload"
+RESULTS = BENCH / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+SUPERUSER_EMAIL = "bench@example.com"
+SUPERUSER_PASSWORD = "bench-password-123"  # a throwaway account in a temp data dir
+
+Json = dict[str, Any]
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a server did not start, the load generator failed...)."""
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                kids.extend(int(x) for x in f.read().split())
+    except OSError:
+        pass
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (e.g. worker processes of a server)."""
+    out, todo = [], [pid]
+    while todo and len(out) < 10_000:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of ``pid`` and its live descendants, from /proc/PID/stat."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of ``pid`` and its live descendants."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def machine_info() -> Json:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        mem_kb = int(f.readline().split()[1])
+    node = shutil.which("node")
+    node_version = ""
+    if node:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            node_version = subprocess.run(
+                [node, "--version"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": node_version,
+        "taken": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"server exited with {proc.returncode}; log:\n{tail(log)}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise BenchError(f"server did not listen on {port} within {timeout}s; log:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def taskset_prefix(cpu: str | None) -> list[str]:
+    if not cpu:
+        return []
+    exe = shutil.which("taskset")
+    if not exe:
+        raise BenchError("taskset not found (util-linux); pass --server-cpu '' --loadgen-cpu ''")
+    return [exe, "-c", cpu]
+
+
+def median(xs: Sequence[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ensure_loadgen() -> Path:
+    """Compile the C load generator if it is missing or older than its source."""
+    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN_BIN
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise BenchError("a C compiler is needed for bench/loadgen (apt-get install gcc)")
+    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [cc, "-O2", "-Wall", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise BenchError(f"compiling the load generator failed:\n{res.stderr}")
+    return LOADGEN_BIN
+
+
+def ensure_node_modules() -> None:
+    if (BASELINES / "node_modules" / "ws").exists() and (
+        BASELINES / "node_modules" / "socket.io"
+    ).exists():
+        return
+    npm = shutil.which("npm")
+    if not npm:
+        raise BenchError("npm is needed for the Node baselines (bench/baselines)")
+    print("installing the Node baselines (npm ci in bench/baselines)...", file=sys.stderr)
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=BASELINES, check=True, timeout=300)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    name: str
+    proto: str
+    """``env`` (BosBase JSON envelopes) or ``sio`` (Engine.IO 4 / Socket.IO 4)."""
+    description: str
+    needs_token: bool = False
+    needs_node: bool = False
+
+
+SERVER_KINDS: dict[str, ServerKind] = {
+    k.name: k
+    for k in (
+        ServerKind("bosbase", "env", "bosbase-pubsub (this project)", needs_token=True),
+        ServerKind("ws", "env", "bare Node.js ws fan-out (no auth, no store)", needs_node=True),
+        ServerKind("socketio-node", "sio", "Socket.IO 4 on Node, websocket only", needs_node=True),
+        ServerKind("socketio-py", "sio", "python-socketio on aiohttp + uvloop, websocket only"),
+    )
+}
+BASELINE = "ws"
+
+
+def parse_servers(text: str) -> list[ServerKind]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SERVER_KINDS]
+    if unknown:
+        raise SystemExit(f"unknown server(s) {unknown}; choose from {sorted(SERVER_KINDS)}")
+    return [SERVER_KINDS[n] for n in names]
+
+
+def bosbase_exe() -> list[str]:
+    exe = Path(sys.executable).parent / "bosbase-pubsub"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("bosbase-pubsub")
+    if found:
+        return [found]
+    raise BenchError("bosbase-pubsub is not installed in this environment (run via `uv run`)")
+
+
+@dataclass
+class ServerOptions:
+    cpu: str | None = "0"
+    max_connections: int = 100_000
+    """Raised limits for the bosbase server (per address connections, publish rate)."""
+    publish_rate: int = 1_000_000
+    extra_args: list[str] = field(default_factory=list)
+    """Extra command-line arguments for the bosbase server."""
+    start_timeout: float = 60.0
+
+
+class Server:
+    """One server under test, as a subprocess pinned to ``opts.cpu``, on a free port,
+    with a fresh temporary data folder. Use as a context manager."""
+
+    def __init__(self, kind: ServerKind, opts: ServerOptions, workdir: Path) -> None:
+        self.kind = kind
+        self.opts = opts
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{kind.name}-", dir=workdir))
+        self.log = self.dir / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.token: str | None = None
+
+    def argv(self) -> list[str]:
+        port = str(self.port)
+        if self.kind.name == "bosbase":
+            return [
+                *bosbase_exe(),
+                "serve",
+                "--http",
+                f"127.0.0.1:{port}",
+                "--dir",
+                str(self.dir / "pb_data"),
+                "--max-connections-per-address",
+                str(self.opts.max_connections),
+                "--publish-rate",
+                str(self.opts.publish_rate),
+                *self.opts.extra_args,
+            ]
+        if self.kind.name == "ws":
+            return [_node(), str(BASELINES / "ws_server.js"), "--port", port]
+        if self.kind.name == "socketio-node":
+            return [_node(), str(BASELINES / "socketio_server.js"), "--port", port]
+        if self.kind.name == "socketio-py":
+            return [sys.executable, str(BASELINES / "socketio_py.py"), "--port", port]
+        raise BenchError(f"unknown server {self.kind.name}")
+
+    def __enter__(self) -> Server:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self.kind.name == "bosbase":
+            data = str(self.dir / "pb_data")
+            cmd = [*bosbase_exe(), "superuser", "upsert", SUPERUSER_EMAIL, SUPERUSER_PASSWORD]
+            res = subprocess.run(
+                [*cmd, "--dir", data], capture_output=True, text=True, timeout=60, cwd=self.dir
+            )
+            if res.returncode != 0:
+                raise BenchError(f"`{' '.join(cmd)}` failed: {res.stderr or res.stdout}")
+        with open(self.log, "wb") as logf:
+            self.proc = subprocess.Popen(
+                [*taskset_prefix(self.opts.cpu), *self.argv()],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        _LIVE.add(self.proc)
+        wait_port(self.port, self.proc, self.opts.start_timeout, self.log)
+        if self.kind.needs_token:
+            self.token = self._login()
+
+    def _login(self) -> str:
+        url = f"http://127.0.0.1:{self.port}/api/collections/_superusers/auth-with-password"
+        body = json.dumps({"identity": SUPERUSER_EMAIL, "password": SUPERUSER_PASSWORD}).encode()
+        req = urllib.request.Request(
+            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                token = json.loads(resp.read())["token"]
+        except Exception as e:
+            raise BenchError(f"superuser sign-in failed: {e}\n{tail(self.log)}") from e
+        if not isinstance(token, str) or not token:
+            raise BenchError("superuser sign-in returned no token")
+        return token
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        return rss_bytes(self.pid)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _terminate(proc)
+            _LIVE.discard(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if not node:
+        raise BenchError("node is needed for the Node baselines")
+    return node
+
+
+# Every subprocess we started, so that they are ended on exit, Ctrl-C or SIGTERM.
+_LIVE: set[subprocess.Popen[Any]] = set()
+
+
+def _terminate(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """End a process we started (by its pid; its own session/process group too, since
+    ``taskset`` execs and the servers run in a session of their own)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+
+
+def cleanup_all() -> None:
+    for proc in list(_LIVE):
+        _terminate(proc, grace=2.0)
+        _LIVE.discard(proc)
+
+
+@contextlib.contextmanager
+def managed() -> Iterator[None]:
+    """Run a benchmark so that every subprocess is ended on exit, error, Ctrl-C or SIGTERM."""
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        cleanup_all()
+        signal.signal(signal.SIGTERM, old)
+
+
+# --------------------------------------------------------------------------- load generator
+
+
+@dataclass
+class LoadgenOptions:
+    cpu: str | None = "1"
+    payload: int = 64
+    probes: int = 10
+    bulk_interval_ms: int = 50
+    setup_timeout: float = 120.0
+
+
+class LoadGen:
+    """The C load generator as a subprocess, driven line by line (see wsload.c)."""
+
+    def __init__(
+        self,
+        server: Server,
+        subs: int,
+        pubs: int,
+        opts: LoadgenOptions,
+        on_line: Callable[[Json], None] | None = None,
+    ) -> None:
+        self.server = server
+        argv = [
+            *taskset_prefix(opts.cpu),
+            str(ensure_loadgen()),
+            "--port",
+            str(server.port),
+            "--proto",
+            server.kind.proto,
+            "--subs",
+            str(subs),
+            "--pubs",
+            str(pubs),
+            "--payload",
+            str(opts.payload),
+            "--probes",
+            str(opts.probes),
+            "--bulk-interval-ms",
+            str(opts.bulk_interval_ms),
+            "--setup-timeout",
+            str(opts.setup_timeout),
+            "--max-lifetime",
+            "7200",
+        ]
+        if server.token:
+            argv += ["--token", server.token]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        _LIVE.add(self.proc)
+        self.lines: queue.Queue[Json | None] = queue.Queue()
+        self.on_line = on_line
+        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: TextIO | None) -> None:
+        assert stream is not None
+        for raw in stream:
+            try:
+                self.lines.put(json.loads(raw))
+            except ValueError:
+                self.lines.put({"event": "error", "message": f"bad line {raw!r}"})
+        self.lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def expect(self, event: str, timeout: float) -> Json:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"load generator: no {event!r} within {timeout:.0f}s")
+            try:
+                msg = self.lines.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                if not self.server.alive():
+                    raise BenchError(
+                        f"{self.server.kind.name} server died; log:\n{tail(self.server.log)}"
+                    ) from None
+                continue
+            if msg is None:
+                raise BenchError(f"load generator exited ({self.proc.poll()}) before {event!r}")
+            if msg.get("event") == "error":
+                raise BenchError(f"load generator: {msg.get('message')}")
+            if msg.get("event") == event:
+                return msg
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.send("quit")
+        with contextlib.suppress(OSError):
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            _terminate(self.proc)
+        _LIVE.discard(self.proc)
+
+    def __enter__(self) -> LoadGen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Snapshot:
+    wall: float
+    server_cpu: float
+    loadgen_cpu: float
+
+    @staticmethod
+    def take(server: Server, lg: LoadGen) -> Snapshot:
+        return Snapshot(time.monotonic(), server.cpu(), lg.cpu())
+
+
+# --------------------------------------------------------------------------- output
+
+
+def add_common_args(p: argparse.ArgumentParser, servers: str) -> None:
+    p.add_argument("--servers", default=servers, help=f"comma list of {sorted(SERVER_KINDS)}")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions; the table shows medians")
+    p.add_argument("--server-cpu", default="0", help="taskset CPU list for servers ('' = none)")
+    p.add_argument("--loadgen-cpu", default="1", help="taskset CPU list for the load generator")
+    p.add_argument("--payload", type=int, default=64, help="padding bytes in each message's data")
+    p.add_argument(
+        "--bosbase-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `bosbase-pubsub serve` (repeatable, e.g. --bosbase-arg=--x=1)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/)")
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    return ServerOptions(cpu=args.server_cpu or None, extra_args=list(args.bosbase_arg))
+
+
+def loadgen_options(args: argparse.Namespace) -> LoadgenOptions:
+    return LoadgenOptions(
+        cpu=args.loadgen_cpu or None,
+        payload=args.payload,
+        probes=getattr(args, "probes", 10),
+        bulk_interval_ms=getattr(args, "bulk_interval_ms", 50),
+    )
+
+
+def prepare(kinds: Sequence[ServerKind]) -> None:
+    ensure_loadgen()
+    if any(k.needs_node for k in kinds):
+        ensure_node_modules()
+
+
+def write_result(kind: str, payload: Json, out: Path | None) -> Path:
+    if out is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = RESULTS / f"{kind}-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    return out
+
+
+def fmt(v: float | None, spec: str = ",.0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def ratio(v: float | None, base: float | None) -> str:
+    if v is None or base is None or base == 0:
+        return "-"
+    return f"{v / base:.2f}x"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))
+    print(line)
+    print("-" * len(line))
+    for r in rows:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))

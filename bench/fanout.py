@@ -1,0 +1,301 @@
+"""Fan-out benchmark: S subscribers on one topic, publishers at a set rate.
+
+    uv run python -m bench.fanout --servers bosbase,ws,socketio-node,socketio-py \\
+        --subscribers 1000 --rate 50 --duration 20
+    uv run python -m bench.fanout --saturate          # raise the rate until saturation
+
+Per server and repetition a fresh server is started (pinned with taskset, on a free
+loopback port, fresh data folder), the C load generator connects S subscribers and P
+publishers, runs a short warm-up, then the measured step. Reported: deliveries/s,
+p50/p99 publish-to-delivery latency (probe subscribers), lost messages, the server's
+CPU microseconds per delivery (utime+stime from /proc/PID/stat) and the load
+generator's own. The table shows medians over --repeat runs and ratios against the
+bare Node ``ws`` baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    BASELINE,
+    BenchError,
+    Json,
+    LoadGen,
+    Server,
+    ServerKind,
+    Snapshot,
+    add_common_args,
+    fmt,
+    loadgen_options,
+    machine_info,
+    managed,
+    median,
+    parse_servers,
+    prepare,
+    print_table,
+    ratio,
+    server_options,
+    write_result,
+)
+
+
+def run_step(lg: LoadGen, server: Server, rate: float, duration: float, drain: float) -> Json:
+    """One measured fan-out step; returns the load generator's report plus /proc figures."""
+    s0 = Snapshot.take(server, lg)
+    lg.send(f"fanout {rate} {duration} {drain}")
+    lg.expect("window_end", duration + 60)
+    s1 = Snapshot.take(server, lg)
+    res = lg.expect("fanout", drain + 60)
+    s2 = Snapshot.take(server, lg)
+    delivered = res["delivered"]
+    window = s1.wall - s0.wall
+    res["server_cpu_s"] = s2.server_cpu - s0.server_cpu
+    res["loadgen_cpu_proc_s"] = s2.loadgen_cpu - s0.loadgen_cpu
+    res["server_util"] = (s1.server_cpu - s0.server_cpu) / window if window > 0 else None
+    res["loadgen_util"] = (s1.loadgen_cpu - s0.loadgen_cpu) / window if window > 0 else None
+    res["server_us_per_delivery"] = res["server_cpu_s"] / delivered * 1e6 if delivered else None
+    res["loadgen_us_per_delivery"] = (
+        res["loadgen_cpu_proc_s"] / delivered * 1e6 if delivered else None
+    )
+    res["lost_pct"] = 100.0 * res["lost"] / res["expected"] if res["expected"] else 0.0
+    return res
+
+
+def summary(res: Json) -> Json:
+    lat = res["latency"]
+    return {
+        "rate": res["rate"],
+        "offered_deliveries_per_s": res["offered_deliveries_per_s"],
+        "deliveries_per_s": res["window_deliveries_per_s"],
+        "p50_ms": lat["p50_ms"] if lat["count"] else None,
+        "p99_ms": lat["p99_ms"] if lat["count"] else None,
+        "lost": res["lost"],
+        "lost_pct": res["lost_pct"],
+        "publish_errors": res["publish_errors"],
+        "server_us_per_delivery": res["server_us_per_delivery"],
+        "loadgen_us_per_delivery": res["loadgen_us_per_delivery"],
+        "server_util": res["server_util"],
+        "loadgen_util": res["loadgen_util"],
+    }
+
+
+def saturated(res: Json, args: argparse.Namespace) -> bool:
+    behind = res["window_deliveries_per_s"] < args.sat_keepup * res["offered_deliveries_per_s"]
+    busy = (res["server_util"] or 0) >= args.sat_util
+    return behind or busy or res["lost"] > 0
+
+
+def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> Json:
+    with (
+        Server(kind, server_options(args), workdir) as server,
+        LoadGen(server, args.subscribers, args.publishers, loadgen_options(args)) as lg,
+    ):
+        ready = lg.expect("ready", 180)
+        if args.warmup > 0:
+            lg.send(f"fanout {args.rate} {args.warmup} {args.drain}")
+            lg.expect("fanout", args.warmup + args.drain + 60)
+        if not args.saturate:
+            res = run_step(lg, server, args.rate, args.duration, args.drain)
+            return {"setup_seconds": ready["setup_seconds"], "step": res, **summary(res)}
+        steps: list[Json] = []
+        rate = args.sat_start_rate
+        for _ in range(args.sat_max_steps):
+            res = run_step(lg, server, rate, args.sat_step_seconds, args.drain)
+            steps.append(res)
+            s = summary(res)
+            print(
+                f"    {kind.name}: {rate:8.1f} msg/s -> {fmt(s['deliveries_per_s'])} deliveries/s"
+                f" (offered {fmt(s['offered_deliveries_per_s'])}), server CPU"
+                f" {fmt((s['server_util'] or 0) * 100, '.0f')}%, lost {s['lost']},"
+                f" p99 {fmt(s['p99_ms'], '.1f')} ms",
+                file=sys.stderr,
+            )
+            if saturated(res, args) or rate >= args.sat_max_rate:
+                break
+            rate = min(rate * args.sat_factor, args.sat_max_rate)
+        peak = max(steps, key=lambda r: r["window_deliveries_per_s"])
+        ok = [r for r in steps if not saturated(r, args)]
+        out = summary(peak)
+        out.update(
+            {
+                "peak_deliveries_per_s": peak["window_deliveries_per_s"],
+                "sustained_deliveries_per_s": (
+                    max(r["offered_deliveries_per_s"] for r in ok) if ok else None
+                ),
+                "steps": steps,
+                "setup_seconds": ready["setup_seconds"],
+            }
+        )
+        return out
+
+
+METRICS = (
+    "deliveries_per_s",
+    "p50_ms",
+    "p99_ms",
+    "lost",
+    "server_us_per_delivery",
+    "loadgen_us_per_delivery",
+    "server_util",
+    "loadgen_util",
+    "peak_deliveries_per_s",
+    "sustained_deliveries_per_s",
+)
+
+
+def medians(runs: list[Json]) -> Json:
+    return {m: median([r.get(m) for r in runs]) for m in METRICS if any(m in r for r in runs)}
+
+
+def report(results: dict[str, Json], args: argparse.Namespace) -> None:
+    base = results.get(BASELINE, {}).get("median", {})
+    rows: list[list[str]] = []
+    for name, r in results.items():
+        m = r.get("median")
+        if not m:
+            rows.append([name, "failed: " + r.get("error", "?")[:60]] + [""] * 8)
+            continue
+        lg_over_srv = (
+            m["loadgen_us_per_delivery"] / m["server_us_per_delivery"]
+            if m.get("loadgen_us_per_delivery") and m.get("server_us_per_delivery")
+            else None
+        )
+        if args.saturate:
+            rows.append(
+                [
+                    name,
+                    fmt(m.get("peak_deliveries_per_s")),
+                    ratio(m.get("peak_deliveries_per_s"), base.get("peak_deliveries_per_s")),
+                    fmt(m.get("sustained_deliveries_per_s")),
+                    fmt(m.get("server_us_per_delivery"), ".2f"),
+                    ratio(m.get("server_us_per_delivery"), base.get("server_us_per_delivery")),
+                    fmt((m.get("server_util") or 0) * 100, ".0f"),
+                    fmt(m.get("loadgen_us_per_delivery"), ".2f"),
+                    fmt(lg_over_srv, ".2f"),
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    name,
+                    fmt(m.get("deliveries_per_s")),
+                    fmt(m.get("p50_ms"), ".2f"),
+                    fmt(m.get("p99_ms"), ".2f"),
+                    ratio(m.get("p99_ms"), base.get("p99_ms")),
+                    fmt(m.get("lost")),
+                    fmt(m.get("server_us_per_delivery"), ".2f"),
+                    ratio(m.get("server_us_per_delivery"), base.get("server_us_per_delivery")),
+                    fmt((m.get("server_util") or 0) * 100, ".0f"),
+                    fmt(m.get("loadgen_us_per_delivery"), ".2f"),
+                    fmt(lg_over_srv, ".2f"),
+                ]
+            )
+    print()
+    if args.saturate:
+        print(
+            f"Fan-out saturation: {args.subscribers} subscribers, {args.publishers} publisher(s),"
+            f" rate x{args.sat_factor} from {args.sat_start_rate} msg/s,"
+            f" {args.sat_step_seconds}s steps, medians of {args.repeat}"
+        )
+        headers = [
+            "server",
+            "peak deliv/s",
+            "vs ws",
+            "sustained deliv/s",
+            "srv us/deliv",
+            "vs ws",
+            "srv CPU%",
+            "loadgen us/deliv",
+            "lg/srv",
+        ]
+    else:
+        print(
+            f"Fan-out: {args.subscribers} subscribers, {args.publishers} publisher(s),"
+            f" {args.rate} msg/s for {args.duration}s, medians of {args.repeat}"
+        )
+        headers = [
+            "server",
+            "deliv/s",
+            "p50 ms",
+            "p99 ms",
+            "p99 vs ws",
+            "lost",
+            "srv us/deliv",
+            "vs ws",
+            "srv CPU%",
+            "loadgen us/deliv",
+            "lg/srv",
+        ]
+    print_table(headers, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    add_common_args(p, "bosbase,ws,socketio-node,socketio-py")
+    p.add_argument("--subscribers", type=int, default=1000)
+    p.add_argument("--publishers", type=int, default=1, help="publisher connections")
+    p.add_argument("--rate", type=float, default=50.0, help="publishes per second in total")
+    p.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    p.add_argument("--drain", type=float, default=10.0, help="max seconds to wait for stragglers")
+    p.add_argument("--probes", type=int, default=10, help="subscribers timed for latency")
+    p.add_argument("--bulk-interval-ms", type=int, default=50, help="read period of the rest")
+    p.add_argument("--saturate", action="store_true", help="raise the rate until saturation")
+    p.add_argument("--sat-start-rate", type=float, default=25.0)
+    p.add_argument("--sat-factor", type=float, default=1.5)
+    p.add_argument("--sat-step-seconds", type=float, default=5.0)
+    p.add_argument("--sat-max-steps", type=int, default=14)
+    p.add_argument("--sat-max-rate", type=float, default=20_000.0)
+    p.add_argument("--sat-util", type=float, default=0.95, help="server CPU share = saturated")
+    p.add_argument("--sat-keepup", type=float, default=0.95, help="delivered/offered below = behind")
+    args = p.parse_args(argv)
+    if args.saturate:
+        args.drain = min(args.drain, 5.0)
+    if not (1 <= args.repeat <= 20 and 1 <= args.subscribers <= 50_000 and args.publishers >= 1):
+        p.error("out of range: --repeat 1..20, --subscribers 1..50000, --publishers >= 1")
+    if not (0 < args.duration <= 600 and 0 < args.rate <= 100_000):
+        p.error("out of range: --duration 0..600 s, --rate 0..100000")
+    kinds = parse_servers(args.servers)
+    results: dict[str, Json] = {}
+    with managed(), tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
+        prepare(kinds)
+        for kind in kinds:
+            runs: list[Json] = []
+            err: str | None = None
+            for i in range(args.repeat):
+                print(f"[{kind.name}] run {i + 1}/{args.repeat}", file=sys.stderr)
+                try:
+                    runs.append(run_once(kind, args, Path(tmp)))
+                except BenchError as e:
+                    err = str(e)
+                    print(f"[{kind.name}] failed: {e}", file=sys.stderr)
+                    break
+            entry: dict[str, Any] = {"description": kind.description, "runs": runs}
+            if runs and err is None:
+                entry["median"] = medians(runs)
+            if err:
+                entry["error"] = err
+            results[kind.name] = entry
+    report(results, args)
+    out = write_result(
+        "fanout-saturation" if args.saturate else "fanout",
+        {
+            "benchmark": "fanout-saturation" if args.saturate else "fanout",
+            "machine": machine_info(),
+            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "baseline": BASELINE,
+            "servers": results,
+        },
+        args.out,
+    )
+    print(f"\nresults: {out}")
+    return 0 if all("median" in r for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

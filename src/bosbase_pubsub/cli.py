@@ -1,0 +1,293 @@
+"""The ``bosbase-pubsub`` command line.
+
+Every ``serve`` option can also come from an environment variable (named in
+``--help``); a flag wins over the variable, the variable over the default.
+Server modules are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server.config import ServerConfig
+
+ENV_PREFIX = "BOSBASE_PUBSUB_"
+
+
+def _size(text: str) -> int:
+    """Read ``4MiB``, ``512KiB``, ``1048576`` into bytes."""
+    units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "b": 1}
+    lowered = text.strip().lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix) and lowered[: -len(suffix)].strip().isdigit():
+            return int(lowered[: -len(suffix)]) * factor
+    if lowered.isdigit():
+        return int(lowered)
+    raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 4MiB, 512KiB or bytes)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r} (use true or false)")
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Turn a parser's ``ValueError`` into argparse's clear usage error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    default: str,
+    help: str,
+    type: Callable[[str], Any] = str,
+    metavar: str | None = None,
+) -> None:
+    """Add ``flag`` whose default comes from ``BOSBASE_PUBSUB_<FLAG>`` when set."""
+    env = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+    parser.add_argument(
+        flag,
+        # argparse runs ``type`` on string defaults too, so a bad variable
+        # fails like a bad flag.
+        default=os.environ.get(env, default),
+        type=_argument_type(type),
+        metavar=metavar,
+        help=f"{help} (env {env}; default: {default or 'none'})",
+    )
+
+
+def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "--dir", default="pb_data", help="data folder", metavar="PATH")
+    _option(
+        parser,
+        "--db",
+        default="",
+        help="database URL; empty means the SQLite file DIR/data.db",
+        metavar="URL",
+    )
+
+
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    from .server.config import parse_address, parse_duration
+
+    duration = _argument_type(parse_duration)
+    _option(parser, "--http", default="127.0.0.1:8090", help="address to listen on",
+            type=parse_address, metavar="HOST:PORT")  # fmt: skip
+    _add_storage_options(parser)
+    _option(parser, "--retention", default="24h", type=duration,
+            help="delete messages older than this", metavar="DURATION")  # fmt: skip
+    _option(parser, "--prune-interval", default="1m", type=duration,
+            help="how often old messages are deleted", metavar="DURATION")  # fmt: skip
+    _option(parser, "--token-ttl", default="7d", type=duration,
+            help="lifetime of the auth tokens issued", metavar="DURATION")  # fmt: skip
+    _option(parser, "--signup", default="true", type=_boolean,
+            help="let anyone create a users account (use --no-signup to turn off)",
+            metavar="BOOL")  # fmt: skip
+    parser.add_argument("--no-signup", dest="signup", action="store_false",
+                        help="same as --signup false")  # fmt: skip
+    _option(parser, "--origins", default="",
+            help="comma-separated extra origins whose pages may use the pb_auth cookie",
+            metavar="ORIGINS")  # fmt: skip
+    _option(parser, "--max-topic-length", default="256", type=_positive_int,
+            help="longest topic name, in characters", metavar="N")  # fmt: skip
+    _option(parser, "--max-subscriptions", default="1000", type=_positive_int,
+            help="topics one connection may subscribe to", metavar="N")  # fmt: skip
+    _option(parser, "--publish-rate", default="1000", type=_positive_float,
+            help="publishes per second allowed per connection", metavar="N")  # fmt: skip
+    _option(parser, "--publish-burst", default="2000", type=_positive_int,
+            help="publishes a connection may make at once above the rate", metavar="N")  # fmt: skip
+    _option(parser, "--max-connections-per-address", default="1000", type=_positive_int,
+            help="concurrent WebSocket connections per client address", metavar="N")  # fmt: skip
+    _option(parser, "--outbound-buffer", default="4MiB", type=_size,
+            help="bytes queued for a subscriber that is not reading before it is closed",
+            metavar="SIZE")  # fmt: skip
+    _option(parser, "--heartbeat", default="30s", type=duration,
+            help="WebSocket ping interval; silent peers are dropped after half of it",
+            metavar="DURATION")  # fmt: skip
+    _option(parser, "--failed-signins-per-identity", default="5", type=_positive_int,
+            help="failed sign-ins per account within the window before 429",
+            metavar="N")  # fmt: skip
+    _option(parser, "--failed-signins-per-address", default="20", type=_positive_int,
+            help="failed sign-ins per client address within the window before 429",
+            metavar="N")  # fmt: skip
+    _option(parser, "--failed-signin-window", default="5m", type=duration,
+            help="window over which failed sign-ins are counted", metavar="DURATION")  # fmt: skip
+    _option(parser, "--shutdown-timeout", default="10s", type=duration,
+            help="how long a graceful shutdown may take", metavar="DURATION")  # fmt: skip
+    _option(parser, "--log-format", default="text", type=_log_format,
+            help="text or json", metavar="FORMAT")  # fmt: skip
+    _option(parser, "--log-level", default="info", type=_log_level,
+            help="debug, info, warning or error", metavar="LEVEL")  # fmt: skip
+
+
+def _log_format(text: str) -> str:
+    if text not in ("text", "json"):
+        raise ValueError(f"invalid log format {text!r} (use text or json)")
+    return text
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"invalid log level {text!r} (use debug, info, warning or error)")
+    return text.lower()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bosbase-pubsub",
+        description="A BosBase-compatible realtime publish/subscribe server.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run a node: HTTP and WebSocket (/api/pubsub) on one port.",
+    )
+    _add_serve_options(serve)
+
+    superuser = commands.add_parser("superuser", help="manage superuser accounts")
+    superuser_commands = superuser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    upsert = superuser_commands.add_parser(
+        "upsert", help="create a superuser, or set the password of an existing one"
+    )
+    upsert.add_argument("email")
+    upsert.add_argument("password")
+    _add_storage_options(upsert)
+
+    user = commands.add_parser("user", help="manage user accounts")
+    user_commands = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = user_commands.add_parser("create", help="create a user account")
+    create.add_argument("email")
+    create.add_argument("password")
+    _add_storage_options(create)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ``ServerConfig`` that parsed ``serve`` arguments describe."""
+    from .server.config import AuthSettings, Limits, Retention, ServerConfig
+
+    host, port = args.http
+    origins = tuple(o.strip().rstrip("/") for o in args.origins.split(",") if o.strip())
+    return ServerConfig(
+        host=host,
+        port=port,
+        data_dir=Path(args.dir),
+        db_url=args.db or None,
+        heartbeat=args.heartbeat.total_seconds(),
+        shutdown_timeout=args.shutdown_timeout.total_seconds(),
+        log_format=args.log_format,
+        log_level=args.log_level,
+        limits=Limits(
+            max_topic_length=args.max_topic_length,
+            max_subscriptions=args.max_subscriptions,
+            publish_rate=args.publish_rate,
+            publish_burst=args.publish_burst,
+            max_connections_per_address=args.max_connections_per_address,
+            outbound_buffer_bytes=args.outbound_buffer,
+        ),
+        auth=AuthSettings(
+            token_ttl=args.token_ttl,
+            signup=args.signup,
+            origins=origins,
+            failed_signins_per_identity=args.failed_signins_per_identity,
+            failed_signins_per_address=args.failed_signins_per_address,
+            failed_signin_window=args.failed_signin_window,
+        ),
+        retention=Retention(keep=args.retention, interval=args.prune_interval),
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .server.app import serve
+    from .server.logs import configure_logging
+
+    config = config_from_args(args)
+    configure_logging(config.log_format, config.log_level)
+    _run(serve(config))
+    return 0
+
+
+def _run_account(args: argparse.Namespace) -> int:
+    from .server.auth.commands import AccountError, create_user, upsert_superuser
+    from .server.storage import open_store
+
+    store = open_store(args.db or None, Path(args.dir))
+
+    async def run() -> str:
+        await store.open()
+        try:
+            if args.command == "superuser":
+                record = await upsert_superuser(store.accounts, args.email, args.password)
+                return f"superuser {record.email} saved (id {record.id})"
+            record = await create_user(store.accounts, args.email, args.password)
+            return f"user {record.email} created (id {record.id})"
+        finally:
+            await store.close()
+
+    try:
+        print(_run(run()))
+    except AccountError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(coroutine: Any) -> Any:
+    """Run ``coroutine`` on uvloop where it is installed, else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _run_serve(args)
+    return _run_account(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

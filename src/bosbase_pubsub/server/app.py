@@ -1,0 +1,207 @@
+"""The node: builds the aiohttp application and runs it until a signal.
+
+Lifecycle: open the store, load the signing secrets, start pruning, then
+listen. On SIGTERM or SIGINT: stop accepting, close every WebSocket with
+1001, let queued publishes commit (so every ack already promised holds),
+then close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+
+from .. import protocol
+from .auth import Authenticator
+from .commits import CommitQueue
+from .config import ServerConfig
+from .errors import api_error, json_response
+from .hub import Hub
+from .ids import new_id, now_created
+from .metrics import Metrics
+from .retention import run_retention
+from .storage import Message, Store, StoreError, open_store
+from .websocket import PubSubEndpoint
+
+log = logging.getLogger("bosbase_pubsub.server")
+
+HEALTH_TIMEOUT = 2.0
+"""Seconds ``/api/health`` waits for the store before calling the node degraded."""
+
+
+@dataclass
+class Node:
+    """Everything one server process owns."""
+
+    config: ServerConfig
+    store: Store
+    metrics: Metrics
+    hub: Hub
+    commits: CommitQueue
+    authenticator: Authenticator
+    endpoint: PubSubEndpoint
+    node_id: str
+
+
+NODE = web.AppKey("node", Node)
+
+
+def build_app(config: ServerConfig, store: Store | None = None) -> web.Application:
+    """The aiohttp application for ``config`` (its store is opened on startup)."""
+    store = store or open_store(config.db_url, config.data_dir)
+    metrics = Metrics()
+    hub = Hub(metrics, outbound_buffer_bytes=config.limits.outbound_buffer_bytes)
+    commits = CommitQueue(store, hub, metrics)
+    authenticator = Authenticator(store.accounts, config.auth)
+    node_id = new_id()
+    endpoint = PubSubEndpoint(
+        hub=hub,
+        commits=commits,
+        authenticator=authenticator,
+        metrics=metrics,
+        limits=config.limits,
+        node_id=node_id,
+        heartbeat=config.heartbeat,
+    )
+    node = Node(config, store, metrics, hub, commits, authenticator, endpoint, node_id)
+
+    # Request bodies are bounded above the payload limit; the publish route
+    # answers oversized ones itself with the contract's 413 body.
+    app = web.Application(client_max_size=2 * config.limits.max_frame_bytes)
+    app[NODE] = node
+    app.router.add_get("/api/pubsub", endpoint.handle)
+    app.router.add_post("/api/pubsub/publish", http_publish)
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics_route)
+    authenticator.add_routes(app)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    node = app[NODE]
+    await node.store.open()
+    await node.authenticator.start()
+    pruning = asyncio.get_running_loop().create_task(
+        run_retention(node.store, node.config.retention, node.metrics)
+    )
+    log.info("node %s ready (store: %s)", node.node_id, type(node.store).__name__)
+    yield
+    pruning.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pruning
+    # Every publish already queued gets its commit (and its ack, if its
+    # socket is still open) before the store goes away.
+    await node.commits.drain()
+    await node.store.close()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    await app[NODE].endpoint.close_all()
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /api/health``: 200 when the store answers, 503 (degraded) when not."""
+    node = request.app[NODE]
+    try:
+        await asyncio.wait_for(node.store.ping(), HEALTH_TIMEOUT)
+        if node.commits.degraded:
+            raise StoreError("the last commit failed")
+    except Exception as error:
+        reason = str(error) or type(error).__name__
+        return api_error(
+            503,
+            "API is degraded: the store is unreachable.",
+            {"store": {"code": "store_unreachable", "message": reason}},
+        )
+    return json_response({"code": 200, "message": "API is healthy.", "data": {}})
+
+
+async def metrics_route(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    text = node.metrics.render(topics=node.hub.topic_count, degraded=node.commits.degraded)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def http_publish(request: web.Request) -> web.Response:
+    """``POST /api/pubsub/publish``: store and fan out like a WebSocket publish."""
+    node = request.app[NODE]
+    identity = await node.authenticator.identify_header(request)
+    if identity is None:
+        return api_error(401, protocol.ERR_AUTH_REQUIRED)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return api_error(413, protocol.ERR_PAYLOAD_TOO_LARGE)
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return api_error(400, protocol.ERR_PAYLOAD_INVALID)
+    if not isinstance(envelope, dict):
+        return api_error(400, protocol.ERR_PAYLOAD_INVALID)
+    topic = envelope.get("topic")
+    topic = topic.strip() if isinstance(topic, str) else ""
+    if not topic:
+        return api_error(400, protocol.ERR_TOPIC_REQUIRED)
+    limits = node.config.limits
+    if len(topic) > limits.max_topic_length:
+        return api_error(400, f"topic is too long (at most {limits.max_topic_length} characters)")
+    data = protocol.encode_payload(envelope.get("data"))
+    if data == protocol.ERR_PAYLOAD_TOO_LARGE:
+        return api_error(413, data)
+    if isinstance(data, str):
+        return api_error(400, data)
+
+    message = Message(
+        id=new_id(),
+        topic=topic,
+        data=data,
+        created=now_created(),
+        origin=node.node_id,
+        created_by=identity.record_id,
+    )
+    stored: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def on_stored(message: Message, error: BaseException | None) -> None:
+        if not stored.done():
+            stored.set_result(error)
+
+    node.commits.submit(message, on_stored)
+    # Shielded: a client that hangs up does not un-queue a publish.
+    if await asyncio.shield(stored) is not None:
+        return api_error(500, protocol.ERR_PUBLISH_FAILED)
+    return json_response({"id": message.id, "topic": message.topic, "created": message.created})
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run one node until SIGTERM or SIGINT, then shut down gracefully."""
+    app = build_app(config)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=config.shutdown_timeout,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    try:
+        await site.start()
+        for host, port, *_ in runner.addresses:
+            log.info("serving on http://%s:%d (WebSocket: /api/pubsub)", host, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+    log.info("stopped")

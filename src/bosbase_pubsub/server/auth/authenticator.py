@@ -1,0 +1,157 @@
+"""``Authenticator``: the one object the server wires in for accounts and tokens.
+
+::
+
+    auth = Authenticator(store.accounts, config.auth)
+    await auth.start()              # loads (or creates) the shared signing secrets
+    auth.add_routes(app)            # the PocketBase-style auth REST routes
+    ...
+    identity = await auth.identify(request)   # or identify(request) anywhere in the app
+
+The HTTP API and the WebSocket handshake resolve identities the same way:
+see ``identity`` for the carriers and the cookie rule, ``tokens`` for what a
+valid token is.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+
+from ..config import AuthSettings
+from ..storage.base import AccountStore, AuthRecord
+from .identity import cookie_origin_allowed, find_token
+from .passwords import PasswordHasher
+from .ratelimit import SigninLimiter
+from .tokens import Identity, TokenSigner, TokenSource, Verified
+
+
+class Authenticator:
+    """Accounts, tokens and identities for one server node.
+
+    Args:
+        accounts: where accounts and the shared signing secrets live.
+        settings: token lifetime, sign-up switch, cookie origins, sign-in limits.
+        hasher: the bcrypt hasher (tests pass one with fewer rounds).
+    """
+
+    def __init__(
+        self,
+        accounts: AccountStore,
+        settings: AuthSettings,
+        *,
+        hasher: PasswordHasher | None = None,
+    ) -> None:
+        self.accounts = accounts
+        self.settings = settings
+        self.hasher = hasher or PasswordHasher()
+        self.tokens = TokenSigner(accounts, ttl=settings.token_ttl)
+        self.limiter = SigninLimiter(
+            per_address=settings.failed_signins_per_address,
+            per_identity=settings.failed_signins_per_identity,
+            window=settings.failed_signin_window.total_seconds(),
+        )
+        self._decoy_hash: str | None = None
+
+    async def start(self) -> None:
+        """Load the signing secrets, creating them if no node has yet.
+
+        Call once before serving. Raises ``StoreError`` if the store fails.
+        """
+        await self.tokens.load_secrets()
+        # A hash with the current cost to check unknown emails against, so that
+        # "no such account" takes as long as "wrong password".
+        self._decoy_hash = await self.hasher.hash(secrets.token_urlsafe(16))
+
+    # --- tokens and identities ------------------------------------------------------
+
+    def issue_token(self, record: AuthRecord) -> str:
+        """A fresh auth token for ``record``."""
+        return self.tokens.issue(record)
+
+    async def verify_token(self, token: str, *, source: TokenSource = "header") -> Identity | None:
+        """The identity ``token`` proves, or ``None`` (invalid, expired, revoked...).
+
+        Raises ``StoreError`` only when the account store fails.
+        """
+        verified = await self.tokens.verify(token, source=source)
+        return None if verified is None else verified.identity
+
+    async def resolve(
+        self, request: web.BaseRequest, *, allow_query_and_cookie: bool = True
+    ) -> Verified | None:
+        """Like ``identify``, but also return the record the token belongs to."""
+        found = find_token(request, allow_query_and_cookie=allow_query_and_cookie)
+        if found is None:
+            return None
+        token, source = found
+        if source == "cookie" and not cookie_origin_allowed(request, self.settings.origins):
+            return None
+        return await self.tokens.verify(token, source=source)
+
+    async def identify(
+        self, request: web.BaseRequest, *, allow_query_and_cookie: bool = True
+    ) -> Identity | None:
+        """Who sent ``request``; ``None`` for anonymous.
+
+        Reads the ``Authorization`` header, then (unless
+        ``allow_query_and_cookie`` is false) the ``token`` query parameter,
+        then the ``pb_auth`` cookie; the first one present decides, and a
+        missing, invalid or expired token means anonymous, never an error. A
+        cookie token is ignored on cross-site requests (an ``Origin`` that is
+        neither the server's nor listed in ``AuthSettings.origins``).
+
+        Raises ``StoreError`` only when the account store fails.
+        """
+        verified = await self.resolve(request, allow_query_and_cookie=allow_query_and_cookie)
+        return None if verified is None else verified.identity
+
+    async def identify_header(self, request: web.BaseRequest) -> Identity | None:
+        """``identify`` from the ``Authorization`` header alone (for REST routes)."""
+        return await self.identify(request, allow_query_and_cookie=False)
+
+    # --- passwords --------------------------------------------------------------------
+
+    async def check_password(self, record: AuthRecord | None, password: str) -> bool:
+        """Whether ``password`` is ``record``'s; ``False`` for no record, in the same time."""
+        if record is None:
+            if self._decoy_hash is not None:
+                await self.hasher.verify(password, self._decoy_hash)
+            return False
+        return await self.hasher.verify(password, record.password_hash)
+
+    # --- HTTP -------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the auth routes on ``app`` and make ``identify(request)`` work in it.
+
+        Routes (PocketBase's; ``{collection}`` is ``users`` or ``_superusers``, by
+        name or id):
+
+        - ``POST /api/collections/{collection}/auth-with-password``
+        - ``POST /api/collections/{collection}/auth-refresh``
+        - ``POST /api/collections/{collection}/records`` (sign-up)
+        - ``PATCH /api/collections/{collection}/records/{id}`` (password change)
+        """
+        from .routes import AuthRoutes
+
+        app[AUTHENTICATOR_KEY] = self
+        AuthRoutes(self).register(app.router)
+
+
+AUTHENTICATOR_KEY = web.AppKey("bosbase_pubsub.authenticator", Authenticator)
+"""Where ``add_routes`` leaves the authenticator in the application."""
+
+
+async def identify(request: web.Request, *, allow_query_and_cookie: bool = True) -> Identity | None:
+    """``Authenticator.identify`` with the authenticator of the request's application.
+
+    Raises ``RuntimeError`` if ``Authenticator.add_routes`` was not called on
+    the application (or a parent of it).
+    """
+    try:
+        authenticator = request.config_dict[AUTHENTICATOR_KEY]
+    except KeyError:
+        raise RuntimeError("Authenticator.add_routes(app) was not called") from None
+    return await authenticator.identify(request, allow_query_and_cookie=allow_query_and_cookie)

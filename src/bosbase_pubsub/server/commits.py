@@ -1,0 +1,108 @@
+"""Group commit: publishes that arrive close together share one transaction.
+
+Invariants:
+
+* No publish is acknowledged before the transaction holding it committed:
+  ``on_stored`` runs only after ``Store.append`` returned.
+* The writer commits as soon as it is free. While one batch commits, new
+  publishes queue; the next batch is everything queued by then (at most
+  ``max_batch``). A lone publisher never waits for a batch to fill.
+* Batches commit one at a time, in arrival order, so a connection's
+  messages are stored, acknowledged and delivered in the order it sent them.
+* Acks go out before the batch is fanned out (the contract: ``published``,
+  then ``message``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from .metrics import Metrics
+from .storage import Message, Store, StoreError
+
+log = logging.getLogger("bosbase_pubsub.commits")
+
+OnStored = Callable[[Message, BaseException | None], None]
+"""Called once per publish: with ``None`` after its commit, or with the error."""
+
+
+class Deliverer(Protocol):
+    def deliver(self, messages: list[Message]) -> None: ...
+
+
+class CommitQueue:
+    """Queues publishes and commits them in batches through one writer task."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Deliverer,
+        metrics: Metrics,
+        *,
+        max_batch: int = 2000,
+        max_pending: int = 100_000,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._metrics = metrics
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._pending: list[tuple[Message, OnStored]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.degraded = False
+        """True after a failed commit, until one succeeds."""
+
+    def submit(self, message: Message, on_stored: OnStored) -> None:
+        """Queue ``message``; ``on_stored`` runs once it committed or failed."""
+        if len(self._pending) >= self._max_pending:
+            # The store cannot keep up (or is down): refuse rather than grow.
+            on_stored(message, StoreError("too many publishes waiting for the store"))
+            return
+        self._pending.append((message, on_stored))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def drain(self) -> None:
+        """Wait until every queued publish has committed or failed."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _write(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                await self._commit(batch)
+        finally:
+            self._writer = None
+
+    async def _commit(self, batch: list[tuple[Message, OnStored]]) -> None:
+        messages = [message for message, _ in batch]
+        started = time.perf_counter()
+        try:
+            await self._store.append(messages)
+        except Exception as error:
+            if not self.degraded:
+                log.error("store failed to commit %d messages: %s", len(messages), error)
+            self.degraded = True
+            self._metrics.publish_failures += len(batch)
+            _notify(batch, error)
+            return
+        if self.degraded:
+            log.info("store recovered")
+            self.degraded = False
+        self._metrics.observe_commit(time.perf_counter() - started, len(messages))
+        _notify(batch, None)
+        self._hub.deliver(messages)
+
+
+def _notify(batch: list[tuple[Message, OnStored]], error: BaseException | None) -> None:
+    for message, on_stored in batch:
+        try:
+            on_stored(message, error)
+        except Exception:  # one broken callback must not cost the others their ack
+            log.exception("publish callback failed for message %s", message.id)

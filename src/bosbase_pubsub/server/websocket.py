@@ -1,0 +1,230 @@
+"""The ``/api/pubsub`` WebSocket endpoint: one ``Connection`` per socket.
+
+The identity is read once, at the handshake (see ``auth``); a token's expiry
+is still enforced on every publish. Requests are parsed by the pure
+``protocol`` module; this module applies the node's limits, talks to the hub
+and the commit queue, and writes replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from typing import cast
+
+from aiohttp import WSMsgType, web
+
+from .. import protocol
+from .auth import Authenticator, Identity
+from .commits import CommitQueue
+from .config import Limits
+from .hub import Hub, Subscriber
+from .ids import new_id, now_created
+from .metrics import Metrics
+from .storage import Message
+
+log = logging.getLogger("bosbase_pubsub.websocket")
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+
+
+def err_topic_too_long(limits: Limits) -> str:
+    return f"topic is too long (at most {limits.max_topic_length} characters)"
+
+
+def err_too_many_subscriptions(limits: Limits) -> str:
+    return f"too many subscriptions (at most {limits.max_subscriptions} per connection)"
+
+
+def err_rate_limited(limits: Limits) -> str:
+    return f"publish rate limit exceeded (at most {limits.publish_rate:g} per second)"
+
+
+class PublishBucket:
+    """A token bucket: ``rate`` publishes per second, ``burst`` at once."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(max(burst, 1))
+        self.tokens = self.burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class PubSubEndpoint:
+    """Accepts WebSocket connections and serves the pub/sub contract on them."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        commits: CommitQueue,
+        authenticator: Authenticator,
+        metrics: Metrics,
+        limits: Limits,
+        node_id: str,
+        heartbeat: float,
+    ) -> None:
+        self.hub = hub
+        self.commits = commits
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.limits = limits
+        self.node_id = node_id
+        self.heartbeat = heartbeat
+        self._per_address: Counter[str] = Counter()
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp handler for ``GET /api/pubsub``."""
+        identity = await self.authenticator.identify(request)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.limits.max_frame_bytes,
+            heartbeat=self.heartbeat or None,
+            compress=False,  # frames are pre-built once and shared by every subscriber
+        )
+        await ws.prepare(request)
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        transport = cast(asyncio.Transport, request.transport)
+        if transport is None:
+            return ws
+        peer = request.remote or "unknown"
+        if self._per_address[peer] >= self.limits.max_connections_per_address:
+            log.warning("refusing connection from %s: too many connections", peer)
+            await ws.close(
+                code=CLOSE_POLICY_VIOLATION,
+                message=b"too many connections from this address",
+            )
+            return ws
+
+        self._per_address[peer] += 1
+        self._sockets.add(ws)
+        self.metrics.connections += 1
+        connection = Connection(self, Subscriber(new_id(), transport, peer), identity)
+        try:
+            await connection.serve(ws)
+        finally:
+            self.hub.unsubscribe(connection.subscriber)
+            connection.subscriber.closed = True
+            self.metrics.connections -= 1
+            self._sockets.discard(ws)
+            self._per_address[peer] -= 1
+            if not self._per_address[peer]:
+                del self._per_address[peer]
+        return ws
+
+    async def close_all(self) -> None:
+        """Close every socket with 1001 (going away), for a graceful shutdown."""
+        sockets = list(self._sockets)
+        await asyncio.gather(
+            *(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for ws in sockets),
+            return_exceptions=True,
+        )
+
+
+class Connection:
+    """One client's session: its subscriptions, identity and publish budget."""
+
+    __slots__ = ("bucket", "endpoint", "identity", "subscriber")
+
+    def __init__(
+        self, endpoint: PubSubEndpoint, subscriber: Subscriber, identity: Identity | None
+    ) -> None:
+        self.endpoint = endpoint
+        self.subscriber = subscriber
+        self.identity = identity
+        limits = endpoint.limits
+        self.bucket = PublishBucket(limits.publish_rate, limits.publish_burst)
+
+    async def serve(self, ws: web.WebSocketResponse) -> None:
+        self.subscriber.send(protocol.ready_frame(self.subscriber.client_id))
+        while True:
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+                self.handle_frame(msg.data)
+            elif msg.type is WSMsgType.ERROR:
+                if ws.close_code == 1009:
+                    self.endpoint.metrics.oversized_frame_closes += 1
+                    log.info("closed %s: frame over the size limit", self.subscriber.peer)
+                return
+            else:  # CLOSE, CLOSING, CLOSED
+                return
+
+    def handle_frame(self, frame: str | bytes) -> None:
+        request = protocol.parse_request(frame)
+        if isinstance(request, protocol.Publish):
+            self.publish(request)
+        elif isinstance(request, protocol.Subscribe):
+            self.subscribe(request)
+        elif isinstance(request, protocol.Unsubscribe):
+            topics = [request.topic] if request.topic else None
+            self.endpoint.hub.unsubscribe(self.subscriber, topics)
+            self.reply(protocol.unsubscribed_frame(request.request_id))
+        elif isinstance(request, protocol.Ping):
+            self.reply(protocol.pong_frame(request.request_id))
+        else:
+            self.reply(protocol.error_frame(request.request_id, request.message))
+
+    def reply(self, frame: bytes) -> None:
+        self.subscriber.send(frame)
+
+    def subscribe(self, request: protocol.Subscribe) -> None:
+        limits = self.endpoint.limits
+        topic = request.topic
+        if len(topic) > limits.max_topic_length:
+            self.reply(protocol.error_frame(request.request_id, err_topic_too_long(limits)))
+            return
+        topics = self.subscriber.topics
+        if topic not in topics and len(topics) >= limits.max_subscriptions:
+            self.reply(protocol.error_frame(request.request_id, err_too_many_subscriptions(limits)))
+            return
+        self.endpoint.hub.subscribe(self.subscriber, topic)
+        self.reply(protocol.subscribed_frame(request.request_id))
+
+    def publish(self, request: protocol.Publish) -> None:
+        endpoint = self.endpoint
+        limits = endpoint.limits
+        request_id = request.request_id
+        identity = self.identity
+        if identity is None or identity.expires_at <= time.time():
+            self.reply(protocol.error_frame(request_id, protocol.ERR_AUTH_REQUIRED))
+            return
+        if len(request.topic) > limits.max_topic_length:
+            self.reply(protocol.error_frame(request_id, err_topic_too_long(limits)))
+            return
+        if not self.bucket.take():
+            self.reply(protocol.error_frame(request_id, err_rate_limited(limits)))
+            return
+        message = Message(
+            id=new_id(),
+            topic=request.topic,
+            data=request.data,
+            created=now_created(),
+            origin=endpoint.node_id,
+            created_by=identity.record_id,
+        )
+        subscriber = self.subscriber
+
+        def on_stored(message: Message, error: BaseException | None) -> None:
+            if error is None:
+                frame = protocol.published_frame(
+                    request_id, message.id, message.topic, message.created
+                )
+            else:
+                frame = protocol.error_frame(request_id, protocol.ERR_PUBLISH_FAILED)
+            subscriber.send(frame)
+
+        endpoint.commits.submit(message, on_stored)

@@ -1,0 +1,153 @@
+"""The pure protocol layer: no event loop, no socket."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bosbase_pubsub import protocol
+from bosbase_pubsub.protocol import Ping, Publish, RequestError, Subscribe, Unsubscribe
+
+
+def test_publish_compacts_data_and_trims_the_topic() -> None:
+    request = protocol.parse_request(
+        b'{"type":" Publish ","topic":"  a/b ","requestId":"r","data":{ "x" : [1, 2] }}'
+    )
+    assert request == Publish("r", "a/b", b'{"x":[1,2]}')
+
+
+def test_publish_without_data_is_null() -> None:
+    assert protocol.parse_request('{"type":"publish","topic":"t"}') == Publish("", "t", b"null")
+
+
+def test_integers_beyond_64_bits_stay_exact() -> None:
+    request = protocol.parse_request('{"type":"publish","topic":"t","data":[18446744073709551616]}')
+    assert request == Publish("", "t", b"[18446744073709551616]")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_standard_constants_are_not_json(constant: str) -> None:
+    frame = f'{{"type":"publish","topic":"t","data":{constant}}}'
+    assert protocol.parse_request(frame) == RequestError("", protocol.ERR_INVALID_FORMAT)
+
+
+def test_null_fields_read_as_empty() -> None:
+    frame = '{"type":"unsubscribe","topic":null,"requestId":null}'
+    assert protocol.parse_request(frame) == Unsubscribe("", "")
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ('{"type":"ping","requestId":"1"}', Ping("1")),
+        ('{"type":"SUBSCRIBE","topic":" t "}', Subscribe("", "t")),
+        ('{"type":"subscribe"}', RequestError("", protocol.ERR_TOPIC_REQUIRED)),
+        ('{"type":"publish","requestId":"9"}', RequestError("9", protocol.ERR_TOPIC_REQUIRED)),
+        ('{"type":"nope","requestId":"2"}', RequestError("2", protocol.ERR_UNSUPPORTED_TYPE)),
+        ("{}", RequestError("", protocol.ERR_UNSUPPORTED_TYPE)),
+        ("[]", RequestError("", protocol.ERR_INVALID_FORMAT)),
+        ('{"type":"ping","requestId":7}', RequestError("", protocol.ERR_INVALID_FORMAT)),
+        (b"\xff\xfe", RequestError("", protocol.ERR_INVALID_FORMAT)),
+    ],
+)
+def test_requests(frame: str | bytes, expected: protocol.Request) -> None:
+    assert protocol.parse_request(frame) == expected
+
+
+def test_payload_limit_is_on_the_compact_data() -> None:
+    fits = "x" * (protocol.MAX_PAYLOAD_BYTES - 2)
+    assert isinstance(protocol.encode_payload(fits), bytes)
+    assert protocol.encode_payload(fits + "x") == protocol.ERR_PAYLOAD_TOO_LARGE
+
+
+def test_replies_leave_empty_fields_out() -> None:
+    assert orjson.loads(protocol.pong_frame("")) == {"type": "pong"}
+    assert orjson.loads(protocol.error_frame("", "m")) == {"type": "error", "message": "m"}
+    assert orjson.loads(protocol.published_frame("r", "i", "t", "c")) == {
+        "type": "published",
+        "requestId": "r",
+        "id": "i",
+        "topic": "t",
+        "created": "c",
+    }
+
+
+def test_message_frame_splices_the_raw_data() -> None:
+    frame = protocol.message_frame("id1", 't"1', b'{"a":null}', "2024-01-02 03:04:05.006Z")
+    assert orjson.loads(frame) == {
+        "type": "message",
+        "id": "id1",
+        "topic": 't"1',
+        "data": {"a": None},
+        "created": "2024-01-02 03:04:05.006Z",
+    }
+
+
+def test_created_layout_round_trips() -> None:
+    moment = dt.datetime(2024, 2, 29, 23, 59, 58, 123456, tzinfo=dt.timezone.utc)
+    text = protocol.format_created(moment)
+    assert text == "2024-02-29 23:59:58.123Z"
+    assert protocol.parse_created(text) == moment.replace(microsecond=123000)
+
+
+# --- Fuzzing: arbitrary frames never crash the parser ---------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+field_values = st.one_of(st.text(max_size=12), json_values, st.sampled_from(
+    ["ping", "PUBLISH", " subscribe ", "unsubscribe", "publish", "", "  "]
+))  # fmt: skip
+envelopes = st.dictionaries(
+    st.sampled_from(["type", "topic", "data", "requestId", "extra"]), field_values, max_size=5
+)
+
+
+def _check(request: protocol.Request) -> None:
+    assert isinstance(request, (Ping, Subscribe, Unsubscribe, Publish, RequestError))
+    if isinstance(request, RequestError):
+        assert request.message in protocol.CONTRACT_ERRORS
+    if isinstance(request, Publish):
+        assert request.topic
+        assert request.topic == request.topic.strip()
+        json.loads(request.data)  # the stored payload is always valid JSON
+        assert len(request.data) <= protocol.MAX_PAYLOAD_BYTES
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_crash(frame: bytes) -> None:
+    _check(protocol.parse_request(frame))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=200))
+def test_arbitrary_text_never_crashes(frame: str) -> None:
+    _check(protocol.parse_request(frame))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(envelopes)
+def test_arbitrary_envelopes_get_a_request_or_a_contract_error(envelope: dict[str, Any]) -> None:
+    request = protocol.parse_request(json.dumps(envelope))
+    _check(request)
+    kind = envelope.get("type")
+    if isinstance(kind, str) and kind.strip().lower() == "publish" and isinstance(request, Publish):
+        assert json.loads(request.data) == envelope.get("data")
+
+
+@settings(max_examples=300, deadline=None)
+@given(envelopes, st.integers(min_value=0, max_value=60))
+def test_truncated_envelopes_are_invalid_or_parsed(envelope: dict[str, Any], cut: int) -> None:
+    text = json.dumps(envelope)
+    _check(protocol.parse_request(text[: max(0, len(text) - cut)]))

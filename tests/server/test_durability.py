@@ -1,0 +1,157 @@
+"""Acked means stored: crashes, restarts, graceful shutdown, pruning, a failing store."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+
+import aiohttp
+
+from bosbase_pubsub.server.ids import new_id
+
+from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
+from ..servers import WsClient
+
+
+def stored_ids(db_path: object) -> set[str]:
+    with sqlite3.connect(str(db_path)) as db:
+        return {row[0] for row in db.execute("SELECT id FROM _pubsub_messages")}
+
+
+async def test_every_acked_message_survives_a_crash_and_restart(start_server: StartServer) -> None:
+    server = start_server("--publish-rate", "100000", "--publish-burst", "100000")
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    publishers = [await WsClient.connect(server.ws_url, token=token) for _ in range(4)]
+    acked: list[str] = []
+    enough = asyncio.Event()
+
+    async def publish_forever(client: WsClient) -> None:
+        n = 0
+        while True:
+            reply = await client.publish("crash", n)
+            if reply["type"] == "published":
+                acked.append(reply["id"])
+                if len(acked) >= 300:
+                    enough.set()
+            n += 1
+
+    tasks = [asyncio.create_task(publish_forever(client)) for client in publishers]
+    await asyncio.wait_for(enough.wait(), 30)
+    server.kill()  # SIGKILL mid-stream: no graceful anything
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for client in publishers:
+        await client.session.close()
+
+    assert set(acked) <= stored_ids(server.db_path)
+    restarted = start_server(data_dir=server.data_dir)
+    assert set(acked) <= stored_ids(restarted.db_path)
+    subscriber = await WsClient.connect(restarted.ws_url, token=token)
+    try:
+        await subscriber.subscribe("crash")
+        # The node works after the crash, and does not replay history on its own.
+        ack = await subscriber.publish("crash", "after")
+        message = await subscriber.next_message()
+        assert message["id"] == ack["id"]
+    finally:
+        await subscriber.close()
+
+
+async def test_graceful_shutdown_closes_sockets_with_1001_and_keeps_acked_messages(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    client = await WsClient.connect(server.ws_url, token=token)
+    acks = await asyncio.gather(*(client.publish("bye", n) for n in range(50)))
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    await asyncio.wait_for(client.closed.wait(), 15)
+    assert client.ws.close_code == 1001
+    await asyncio.to_thread(stopper.join)
+    await client.session.close()
+    assert {ack["id"] for ack in acks} <= stored_ids(server.db_path)
+    assert "stopped" in server.log_text()
+
+
+def _insert_old_rows(db_path: object, count: int, created: str) -> None:
+    with sqlite3.connect(str(db_path)) as db:
+        db.executemany(
+            "INSERT INTO _pubsub_messages (id, topic, payload, origin, createdBy, created)"
+            " VALUES (?, 'old', '1', 'elsewhere', NULL, ?)",
+            [(new_id(), created) for _ in range(count)],
+        )
+
+
+async def test_messages_past_retention_are_pruned_in_batches(start_server: StartServer) -> None:
+    server = start_server()
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    client = await WsClient.connect(server.ws_url, token=token)
+    recent = await client.publish("new", 1)
+    await client.close()
+    server.stop()
+    # 5,000 rows two days old: more than one pruning batch.
+    _insert_old_rows(server.db_path, 5000, "2000-01-01 00:00:00.000Z")
+    restarted = start_server("--prune-interval", "1s", data_dir=server.data_dir)
+    for _ in range(100):
+        if len(stored_ids(restarted.db_path)) == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert stored_ids(restarted.db_path) == {recent["id"]}
+    restarted.wait_for_log("pruned 5000 messages")
+
+
+async def test_retention_is_configurable(start_server: StartServer) -> None:
+    server = start_server("--retention", "1s", "--prune-interval", "1s")
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    client = await WsClient.connect(server.ws_url, token=token)
+    try:
+        ack = await client.publish("short", 1)
+        assert ack["id"] in stored_ids(server.db_path)
+        for _ in range(50):
+            if ack["id"] not in stored_ids(server.db_path):
+                break
+            await asyncio.sleep(0.1)
+        assert ack["id"] not in stored_ids(server.db_path)
+    finally:
+        await client.close()
+
+
+async def test_a_store_that_fails_gets_failed_to_publish_and_nothing_is_acked(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    client = await WsClient.connect(server.ws_url, token=token)
+    subscriber = await WsClient.connect(server.ws_url)
+    locker = sqlite3.connect(str(server.db_path), isolation_level=None, check_same_thread=False)
+    try:
+        await subscriber.subscribe("locked")
+        # Another process holds the write lock longer than the server's busy timeout.
+        locker.execute("BEGIN EXCLUSIVE")
+        reply = await client.publish("locked", "lost?")
+        assert reply["type"] == "error"
+        assert reply["message"] == "failed to publish message"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.url + "/api/health") as response,
+        ):
+            assert response.status == 503
+        locker.execute("ROLLBACK")
+        ack = await client.publish("locked", "kept")
+        assert ack["type"] == "published"
+        # The refused message was neither stored nor delivered; the next one was.
+        message = await subscriber.next_message()
+        assert message["data"] == "kept"
+        with sqlite3.connect(str(server.db_path)) as db:
+            payloads = [row[0] for row in db.execute("SELECT payload FROM _pubsub_messages")]
+        assert payloads == ['"kept"']
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.url + "/api/health") as response,
+        ):
+            assert response.status == 200
+    finally:
+        locker.close()
+        await client.close()
+        await subscriber.close()

@@ -1,0 +1,204 @@
+"""Each configurable limit, and hostile input: a clear error, and nothing else lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+
+import aiohttp
+import pytest
+import websockets.sync.client
+
+from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
+from ..servers import WsClient
+
+
+async def test_topic_length_limit(start_server: StartServer) -> None:
+    server = start_server("--max-topic-length", "10")
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    client = await WsClient.connect(server.ws_url, token=token)
+    try:
+        assert (await client.subscribe("x" * 10))["type"] == "subscribed"
+        reply = await client.subscribe("x" * 11)
+        assert reply["message"] == "topic is too long (at most 10 characters)"
+        reply = await client.publish("y" * 11, 1)
+        assert reply["message"] == "topic is too long (at most 10 characters)"
+        assert (await client.publish("y" * 10, 1))["type"] == "published"
+    finally:
+        await client.close()
+
+
+async def test_subscription_limit_per_connection(start_server: StartServer) -> None:
+    server = start_server("--max-subscriptions", "3")
+    client = await WsClient.connect(server.ws_url)
+    try:
+        for topic in ("a", "b", "c"):
+            assert (await client.subscribe(topic))["type"] == "subscribed"
+        # Subscribing again to a topic it has is still fine.
+        assert (await client.subscribe("a"))["type"] == "subscribed"
+        reply = await client.subscribe("d")
+        assert reply["message"] == "too many subscriptions (at most 3 per connection)"
+        await client.request("unsubscribe", topic="a")
+        assert (await client.subscribe("d"))["type"] == "subscribed"
+    finally:
+        await client.close()
+
+
+async def test_publish_rate_limit_per_connection(start_server: StartServer) -> None:
+    server = start_server("--publish-rate", "2", "--publish-burst", "5")
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    fast = await WsClient.connect(server.ws_url, token=token)
+    other = await WsClient.connect(server.ws_url, token=token)
+    try:
+        replies = await asyncio.gather(*(fast.publish("rate", n) for n in range(20)))
+        acked = [reply for reply in replies if reply["type"] == "published"]
+        refused = [reply for reply in replies if reply["type"] == "error"]
+        assert 5 <= len(acked) <= 7
+        assert refused
+        assert {reply["message"] for reply in refused} == {
+            "publish rate limit exceeded (at most 2 per second)"
+        }
+        # The limit is per connection: another one is unaffected.
+        assert (await other.publish("rate", "other"))["type"] == "published"
+        # Every acked publish, and only those, is stored.
+        with sqlite3.connect(server.db_path) as db:
+            stored = {row[0] for row in db.execute("SELECT id FROM _pubsub_messages")}
+        assert stored >= {reply["id"] for reply in acked}
+        assert len(stored) == len(acked) + 1
+    finally:
+        await fast.close()
+        await other.close()
+
+
+async def test_connections_per_address_limit(start_server: StartServer) -> None:
+    server = start_server("--max-connections-per-address", "2")
+    first = await WsClient.connect(server.ws_url)
+    second = await WsClient.connect(server.ws_url)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.ws_url) as third,
+        ):
+            message = await asyncio.wait_for(third.receive(), 10)
+            assert message.type is aiohttp.WSMsgType.CLOSE
+            assert third.close_code == 1008
+            assert message.extra == "too many connections from this address"
+        # The two allowed connections still work, and a slot frees on close.
+        assert (await first.request("ping"))["type"] == "pong"
+        await second.close()
+        await asyncio.sleep(0.2)
+        third_again = await WsClient.connect(server.ws_url)
+        await third_again.close()
+    finally:
+        await first.close()
+
+
+async def test_oversized_frame_closes_that_connection_with_1009(start_server: StartServer) -> None:
+    server = start_server()
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    bystander = await WsClient.connect(server.ws_url)
+    try:
+        await bystander.subscribe("big")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(server.ws_url, headers={"Authorization": token}) as ws,
+        ):
+            assert (await ws.receive_json())["type"] == "ready"
+            await ws.send_str('{"type":"publish","topic":"big","data":"' + "x" * 400_000 + '"}')
+            message = await asyncio.wait_for(ws.receive(), 10)
+            assert message.type is aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 1009
+        # Nothing was published, and the bystander is still served.
+        assert (await bystander.request("ping"))["type"] == "pong"
+        assert bystander.messages.empty()
+        publisher = await WsClient.connect(server.ws_url, token=token)
+        await publisher.publish("big", "small")
+        assert (await bystander.next_message())["data"] == "small"
+        await publisher.close()
+    finally:
+        await bystander.close()
+
+
+async def test_an_expired_token_stops_publishing_on_a_live_connection(
+    start_server: StartServer,
+) -> None:
+    server = start_server("--token-ttl", "2s")
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    client = await WsClient.connect(server.ws_url, token=token)
+    try:
+        assert (await client.publish("t", 1))["type"] == "published"
+        await asyncio.sleep(2.5)
+        reply = await client.publish("t", 2)
+        assert reply["message"] == "authentication required to publish"
+        # Still connected, and still allowed to subscribe.
+        assert (await client.subscribe("t"))["type"] == "subscribed"
+    finally:
+        await client.close()
+
+
+def _slow_reader(url: str, stack: contextlib.ExitStack) -> websockets.sync.client.ClientConnection:
+    """A client that subscribes and then stops reading (its library stops at one queued frame)."""
+    client = stack.enter_context(websockets.sync.client.connect(url, max_queue=1, max_size=None))
+    assert '"ready"' in str(client.recv(timeout=10))
+    client.send('{"type":"subscribe","topic":"firehose","requestId":"s"}')
+    assert '"subscribed"' in str(client.recv(timeout=10))
+    return client
+
+
+async def test_a_subscriber_that_stops_reading_is_closed_and_the_others_get_everything(
+    start_server: StartServer,
+) -> None:
+    server = start_server("--outbound-buffer", "256KiB")
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    stack = contextlib.ExitStack()
+    slow = await asyncio.to_thread(_slow_reader, server.ws_url, stack)
+    reader = await WsClient.connect(server.ws_url)
+    publisher = await WsClient.connect(server.ws_url, token=token)
+
+    # The slow client, reading again once it was cut off, finds its close
+    # frame: 1013 (try again later). It must start within the grace period.
+    def drain_after_close() -> int | None:
+        server.wait_for_log("closing slow consumer", timeout=60)
+        with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                slow.recv(timeout=10)
+        return slow.close_code
+
+    try:
+        slow_close_code = asyncio.create_task(asyncio.to_thread(drain_after_close))
+        await reader.subscribe("firehose")
+        chunk = "z" * 100_000
+        count = 150  # 15 MB: far beyond the kernel's socket buffers and the 256 KiB limit
+        for n in range(count):
+            ack = await publisher.publish("firehose", {"n": n, "pad": chunk})
+            assert ack["type"] == "published"
+        received = [(await reader.next_message())["data"]["n"] for _ in range(count)]
+        assert received == list(range(count))
+        assert await slow_close_code == 1013
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.url + "/metrics") as response,
+        ):
+            text = await response.text()
+        assert "pubsub_slow_consumer_closes_total 1" in text
+    finally:
+        await asyncio.to_thread(stack.close)
+        await reader.close()
+        await publisher.close()
+
+
+@pytest.mark.parametrize("header", ["Bearer not-a-jwt", "a.b.c"])
+async def test_a_bad_token_leaves_the_connection_anonymous(
+    start_server: StartServer, header: str
+) -> None:
+    server = start_server()
+    client = await WsClient.connect(server.ws_url, token=header)
+    try:
+        reply = await client.publish("t", 1)
+        assert reply["message"] == "authentication required to publish"
+        assert (await client.subscribe("t"))["type"] == "subscribed"
+    finally:
+        await client.close()
