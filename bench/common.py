@@ -65,7 +65,8 @@ def _children(pid: int) -> list[int]:
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (e.g. worker processes of a server)."""
-    out, todo = [], [pid]
+    out: list[int] = []
+    todo = [pid]
     while todo and len(out) < 10_000:
         p = todo.pop()
         out.append(p)
@@ -608,9 +609,17 @@ def ratio(v: float | None, base: float | None) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths)))
-    print(line)
-    print("-" * len(line))
-    for r in rows:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    cells = [[*r[: len(headers)], *[""] * (len(headers) - len(r))] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(cols: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+        )
+
+    head = line(headers)
+    print(head)
+    print("-" * len(head))
+    for r in cells:
+        print(line(r))

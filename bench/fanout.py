@@ -87,7 +87,12 @@ def summary(res: Json) -> Json:
 def saturated(res: Json, args: argparse.Namespace) -> bool:
     behind = res["window_deliveries_per_s"] < args.sat_keepup * res["offered_deliveries_per_s"]
     busy = (res["server_util"] or 0) >= args.sat_util
-    return behind or busy or res["lost"] > 0
+    return bool(behind or busy or res["lost"] > 0)
+
+
+def loadgen_bound(res: Json, args: argparse.Namespace) -> bool:
+    """The load generator's own core is (nearly) full: past this it measures itself."""
+    return bool((res["loadgen_util"] or 0) >= args.sat_loadgen_util)
 
 
 def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> Json:
@@ -104,6 +109,7 @@ def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> Json:
             return {"setup_seconds": ready["setup_seconds"], "step": res, **summary(res)}
         steps: list[Json] = []
         rate = args.sat_start_rate
+        limited_by = "max-steps"
         for _ in range(args.sat_max_steps):
             res = run_step(lg, server, rate, args.sat_step_seconds, args.drain)
             steps.append(res)
@@ -112,10 +118,18 @@ def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> Json:
                 f"    {kind.name}: {rate:8.1f} msg/s -> {fmt(s['deliveries_per_s'])} deliveries/s"
                 f" (offered {fmt(s['offered_deliveries_per_s'])}), server CPU"
                 f" {fmt((s['server_util'] or 0) * 100, '.0f')}%, lost {s['lost']},"
-                f" p99 {fmt(s['p99_ms'], '.1f')} ms",
+                f" p99 {fmt(s['p99_ms'], '.1f')} ms, loadgen CPU"
+                f" {fmt((s['loadgen_util'] or 0) * 100, '.0f')}%",
                 file=sys.stderr,
             )
-            if saturated(res, args) or rate >= args.sat_max_rate:
+            if saturated(res, args):
+                limited_by = "server"
+                break
+            if loadgen_bound(res, args):
+                limited_by = "loadgen"
+                break
+            if rate >= args.sat_max_rate:
+                limited_by = "max-rate"
                 break
             rate = min(rate * args.sat_factor, args.sat_max_rate)
         peak = max(steps, key=lambda r: r["window_deliveries_per_s"])
@@ -127,6 +141,7 @@ def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> Json:
                 "sustained_deliveries_per_s": (
                     max(r["offered_deliveries_per_s"] for r in ok) if ok else None
                 ),
+                "limited_by": limited_by,
                 "steps": steps,
                 "setup_seconds": ready["setup_seconds"],
             }
@@ -177,6 +192,7 @@ def report(results: dict[str, Json], args: argparse.Namespace) -> None:
                     fmt((m.get("server_util") or 0) * 100, ".0f"),
                     fmt(m.get("loadgen_us_per_delivery"), ".2f"),
                     fmt(lg_over_srv, ".2f"),
+                    ",".join(sorted({str(x.get("limited_by")) for x in r["runs"]})),
                 ]
             )
         else:
@@ -212,6 +228,7 @@ def report(results: dict[str, Json], args: argparse.Namespace) -> None:
             "srv CPU%",
             "loadgen us/deliv",
             "lg/srv",
+            "limited by",
         ]
     else:
         print(
@@ -246,13 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probes", type=int, default=10, help="subscribers timed for latency")
     p.add_argument("--bulk-interval-ms", type=int, default=50, help="read period of the rest")
     p.add_argument("--saturate", action="store_true", help="raise the rate until saturation")
-    p.add_argument("--sat-start-rate", type=float, default=25.0)
+    p.add_argument("--sat-start-rate", type=float, default=10.0)
     p.add_argument("--sat-factor", type=float, default=1.5)
     p.add_argument("--sat-step-seconds", type=float, default=5.0)
-    p.add_argument("--sat-max-steps", type=int, default=14)
+    p.add_argument("--sat-max-steps", type=int, default=20)
     p.add_argument("--sat-max-rate", type=float, default=20_000.0)
     p.add_argument("--sat-util", type=float, default=0.95, help="server CPU share = saturated")
-    p.add_argument("--sat-keepup", type=float, default=0.95, help="delivered/offered below = behind")
+    p.add_argument(
+        "--sat-keepup", type=float, default=0.95, help="delivered/offered below = behind"
+    )
+    p.add_argument(
+        "--sat-loadgen-util", type=float, default=0.9, help="load generator CPU share = stop"
+    )
     args = p.parse_args(argv)
     if args.saturate:
         args.drain = min(args.drain, 5.0)

@@ -84,8 +84,15 @@ def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> dict[
     return out
 
 
-METRICS = ("acks_per_s", "p50_ms", "p99_ms", "errors", "server_us_per_ack", "loadgen_us_per_ack",
-           "server_util")
+METRICS = (
+    "acks_per_s",
+    "p50_ms",
+    "p99_ms",
+    "errors",
+    "server_us_per_ack",
+    "loadgen_us_per_ack",
+    "server_util",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import datetime as dt
 import itertools
 from typing import Any
 
-import socketio
+import socketio  # type: ignore[import-untyped]
 import uvloop
 from aiohttp import web
 
@@ -40,17 +40,17 @@ def build_app() -> web.Application:
 
     app.router.add_get("/api/health", health)
 
-    @sio.on("subscribe")  # type: ignore[untyped-decorator,misc]
+    @sio.on("subscribe")  # type: ignore[untyped-decorator]
     async def subscribe(sid: str, topic: Any) -> str:
         await sio.enter_room(sid, str(topic))
         return "ok"
 
-    @sio.on("unsubscribe")  # type: ignore[untyped-decorator,misc]
+    @sio.on("unsubscribe")  # type: ignore[untyped-decorator]
     async def unsubscribe(sid: str, topic: Any) -> str:
         await sio.leave_room(sid, str(topic))
         return "ok"
 
-    @sio.on("publish")  # type: ignore[untyped-decorator,misc]
+    @sio.on("publish")  # type: ignore[untyped-decorator]
     async def publish(sid: str, msg: Any) -> dict[str, str]:
         topic = str(msg.get("topic", "")) if isinstance(msg, dict) else ""
         data = msg.get("data") if isinstance(msg, dict) else None

@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sqlite3
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from bosbase_pubsub.server.auth import Authenticator
-from bosbase_pubsub.server.config import AuthSettings
-from bosbase_pubsub.server.storage.sqlite import SqliteStore
+from ..conftest import StartServer
+from ..servers import WsClient
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "sdk_auth.mjs"
@@ -54,33 +51,6 @@ def node() -> str:
     return executable
 
 
-@dataclass
-class Server:
-    url: str
-    authenticator: Authenticator
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    """A minimal application with the auth routes, on a loopback port."""
-    store = SqliteStore(tmp_path / "data.db")
-    await store.open()
-    authenticator = Authenticator(store.accounts, AuthSettings())
-    await authenticator.start()
-    app = web.Application()
-    authenticator.add_routes(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        yield Server(url=f"http://{host}:{port}", authenticator=authenticator)
-    finally:
-        await runner.cleanup()
-        await store.close()
-
-
 async def run_script(node: str, *args: str) -> dict[str, Any]:
     """Run ``sdk_auth.mjs`` to completion (bounded in time); return its JSON output."""
     process = await asyncio.create_subprocess_exec(
@@ -102,7 +72,10 @@ async def run_script(node: str, *args: str) -> dict[str, Any]:
     return output
 
 
-async def test_sign_up_sign_in_and_refresh_with_the_js_sdk(node: str, server: Server) -> None:
+async def test_sign_up_sign_in_and_refresh_with_the_js_sdk(
+    node: str, start_server: StartServer
+) -> None:
+    server = start_server()
     email, password = "interop@example.com", "interop-password"
     out = await run_script(node, server.url, email, password)
 
@@ -116,11 +89,29 @@ async def test_sign_up_sign_in_and_refresh_with_the_js_sdk(node: str, server: Se
     assert auth["record"]["id"] == signup["id"]
     assert auth["record"]["email"] == email
     assert refresh["record"]["id"] == signup["id"]
-    for token in (auth["token"], refresh["token"]):
-        identity = await server.authenticator.verify_token(token)
-        assert identity is not None
-        assert identity.record_id == signup["id"]
-        assert identity.collection_name == "users"
+    # Both tokens are accepted for publishing by a raw WebSocket client.
+    subscriber = await WsClient.connect(server.ws_url)
+    try:
+        await subscriber.subscribe("interop")
+        for token in (auth["token"], refresh["token"]):
+            publisher = await WsClient.connect(server.ws_url, token=token)
+            ack = await publisher.publish("interop", {"token": "ok"})
+            await publisher.close()
+            assert ack["type"] == "published"
+            message = await subscriber.next_message()
+            assert message["id"] == ack["id"]
+        # And the Node session (the `ws` package, the SDK's token) published too.
+        kinds = [frame["type"] for frame in out["pubsub"]]
+        assert kinds == ["ready", "subscribed", "published", "message"]
+        published, delivered = out["pubsub"][2], out["pubsub"][3]
+        assert published["requestId"] == "p1"
+        assert delivered["id"] == published["id"]
+        assert delivered["data"] == {"from": "node"}
+    finally:
+        await subscriber.close()
+    with sqlite3.connect(server.db_path) as db:
+        publishers = {row[0] for row in db.execute("SELECT createdBy FROM _pubsub_messages")}
+    assert publishers == {signup["id"]}
 
     # The SDK's auth store took the tokens and understood them.
     store = out["authStore"]

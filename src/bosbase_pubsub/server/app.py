@@ -22,6 +22,7 @@ from .. import protocol
 from .auth import Authenticator
 from .commits import CommitQueue
 from .config import ServerConfig
+from .cors import cors_middleware
 from .errors import api_error, json_response
 from .hub import Hub
 from .ids import new_id, now_created
@@ -74,7 +75,10 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
 
     # Request bodies are bounded above the payload limit; the publish route
     # answers oversized ones itself with the contract's 413 body.
-    app = web.Application(client_max_size=2 * config.limits.max_frame_bytes)
+    app = web.Application(
+        client_max_size=2 * config.limits.max_frame_bytes,
+        middlewares=[cors_middleware(config.auth.origins)],
+    )
     app[NODE] = node
     app.router.add_get("/api/pubsub", endpoint.handle)
     app.router.add_post("/api/pubsub/publish", http_publish)
@@ -134,7 +138,10 @@ async def metrics_route(request: web.Request) -> web.Response:
 async def http_publish(request: web.Request) -> web.Response:
     """``POST /api/pubsub/publish``: store and fan out like a WebSocket publish."""
     node = request.app[NODE]
-    identity = await node.authenticator.identify_header(request)
+    try:
+        identity = await node.authenticator.identify_header(request)
+    except StoreError:
+        return api_error(503, protocol.ERR_PUBLISH_FAILED)
     if identity is None:
         return api_error(401, protocol.ERR_AUTH_REQUIRED)
     try:

@@ -23,7 +23,7 @@ from .config import Limits
 from .hub import Hub, Subscriber
 from .ids import new_id, now_created
 from .metrics import Metrics
-from .storage import Message
+from .storage import Message, StoreError
 
 log = logging.getLogger("bosbase_pubsub.websocket")
 
@@ -90,7 +90,12 @@ class PubSubEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for ``GET /api/pubsub``."""
-        identity = await self.authenticator.identify(request)
+        try:
+            identity = await self.authenticator.identify(request)
+        except StoreError as error:
+            # Subscribing still works without the store; publishing would fail anyway.
+            log.warning("store unavailable to check a token, connection is anonymous: %s", error)
+            identity = None
         ws = web.WebSocketResponse(
             max_msg_size=self.limits.max_frame_bytes,
             heartbeat=self.heartbeat or None,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+
+import aiohttp
 import pytest
 
 from bosbase_pubsub.server.auth import upsert_superuser
@@ -618,3 +622,30 @@ async def test_wrong_old_passwords_are_counted(serve_auth: ServeAuth) -> None:
     status, reply = await change(server, created["id"], token, body)
     assert status == 429
     assert reply["message"] == "Too many failed sign-in attempts, try again later."
+
+
+# --- bodies ---------------------------------------------------------------------------------
+
+
+async def test_multipart_sign_up_with_json_payload(auth_server: AuthServer) -> None:
+    # What the SDKs send when a body holds files: fields in "@jsonPayload".
+    form = aiohttp.FormData()
+    form.add_field(
+        "@jsonPayload",
+        json.dumps({"email": "mp@example.com", "password": PASSWORD, "passwordConfirm": PASSWORD}),
+    )
+    form.add_field("name", "Multi Part")
+    status, record, _ = await auth_server.call("POST", "/api/collections/users/records", data=form)
+    assert status == 200, record
+    assert record["name"] == "Multi Part"
+
+
+async def test_oversized_body(auth_server: AuthServer) -> None:
+    status, reply, _ = await auth_server.call(
+        "POST",
+        "/api/collections/users/auth-with-password",
+        data=io.BytesIO(b'{"identity": "' + b"a" * (2 * 1024 * 1024) + b'"}'),
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 413
+    assert reply == {"status": 413, "message": "Request entity too large.", "data": {}}

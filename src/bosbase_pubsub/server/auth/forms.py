@@ -5,13 +5,11 @@ returns a small frozen dataclass, or raises ``InvalidInputError`` whose ``errors
 use PocketBase's codes and messages, so that the SDKs (and apps that
 translate by code) show the familiar texts:
 
-=============================  ==========================================
-``validation_required``        ``Cannot be blank.``
-``validation_is_email``        ``Must be a valid email address.``
-``validation_min_text_constraint``  ``Must be at least 8 character(s).``
-``validation_values_mismatch`` ``Values don't match.``
-``validation_not_unique``      ``Value must be unique.``
-=============================  ==========================================
+- ``validation_required``: ``Cannot be blank.``
+- ``validation_is_email``: ``Must be a valid email address.``
+- ``validation_min_text_constraint``: ``Must be at least 8 character(s).``
+- ``validation_values_mismatch``: ``Values don't match.``
+- ``validation_not_unique``: ``Value must be unique.``
 
 Checking an old password needs bcrypt, hence a thread: the routes do it after
 ``parse_password_change`` accepted the form's shape.

@@ -72,7 +72,10 @@ async def read_body(request: web.Request) -> dict[str, Any]:
     else, and aiohttp's ``HTTPRequestEntityTooLarge`` past ``client_max_size``.
     """
     if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError:  # a malformed form (aiohttp's "too large" error is not one)
+            raise UnreadableBodyError("the form cannot be parsed") from None
         body: dict[str, Any] = {}
         for key, value in form.items():
             if key == "@jsonPayload" and isinstance(value, str):

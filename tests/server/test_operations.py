@@ -1,0 +1,107 @@
+"""Running the server as an operator does: flags, environment, logs, signals, liveness."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from ..conftest import StartServer, make_superuser
+from ..servers import ServerProcess, WsClient, cli
+
+
+def test_serve_help_lists_every_option_with_its_variable_and_default() -> None:
+    result = cli("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, env, default in [
+        ("--http", "BOSBASE_PUBSUB_HTTP", "127.0.0.1:8090"),
+        ("--dir", "BOSBASE_PUBSUB_DIR", "pb_data"),
+        ("--retention", "BOSBASE_PUBSUB_RETENTION", "24h"),
+        ("--token-ttl", "BOSBASE_PUBSUB_TOKEN_TTL", "7d"),
+        ("--max-topic-length", "BOSBASE_PUBSUB_MAX_TOPIC_LENGTH", "256"),
+        ("--publish-rate", "BOSBASE_PUBSUB_PUBLISH_RATE", "1000"),
+        ("--outbound-buffer", "BOSBASE_PUBSUB_OUTBOUND_BUFFER", "4MiB"),
+        ("--log-format", "BOSBASE_PUBSUB_LOG_FORMAT", "text"),
+    ]:
+        assert flag in text
+        assert f"env {env}; default: {default}" in text
+
+
+def test_a_bad_value_is_a_clear_usage_error() -> None:
+    result = cli("serve", "--retention", "forever")
+    assert result.returncode == 2
+    assert "invalid duration 'forever'" in result.stderr
+    env = dict(os.environ, BOSBASE_PUBSUB_PUBLISH_RATE="-3")
+    result = cli("serve", env=env)
+    assert result.returncode == 2
+    assert "must be above 0" in result.stderr
+
+
+async def test_options_come_from_the_environment(tmp_path: Path) -> None:
+    folder = tmp_path / "pb_data"
+    make_superuser(folder)
+    env = dict(os.environ, BOSBASE_PUBSUB_MAX_TOPIC_LENGTH="5", BOSBASE_PUBSUB_LOG_FORMAT="json")
+    server = ServerProcess(folder, env=env).start()
+    try:
+        client = await WsClient.connect(server.ws_url)
+        reply = await client.subscribe("longer-than-five")
+        assert reply["message"] == "topic is too long (at most 5 characters)"
+        await client.close()
+    finally:
+        server.stop()
+    # --log-format json (from the environment): one JSON object per line.
+    entries = [json.loads(line) for line in server.logs if line.strip()]
+    assert any(entry["message"].startswith("serving on") for entry in entries)
+    assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
+
+
+async def test_sigint_stops_gracefully_too(start_server: StartServer) -> None:
+    server = start_server()
+    client = await WsClient.connect(server.ws_url)
+    os.kill(server.pid, signal.SIGINT)
+    await asyncio.wait_for(client.closed.wait(), 15)
+    assert client.ws.close_code == 1001
+    await client.session.close()
+    assert server.stop() == 0
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(start_server: StartServer) -> None:
+    server = start_server("--heartbeat", "1s")
+    alive = await WsClient.connect(server.ws_url)  # reads (and so answers pings) all along
+    async with (
+        aiohttp.ClientSession() as session,
+        # autoping=False: this client never answers the server's pings.
+        session.ws_connect(server.ws_url, autoping=False) as dead,
+    ):
+        assert (await dead.receive_json())["type"] == "ready"
+        saw_ping = False
+        while True:
+            message = await asyncio.wait_for(dead.receive(), 10)
+            if message.type is aiohttp.WSMsgType.PING:
+                saw_ping = True
+                continue
+            break
+        assert saw_ping
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    # The live peer answered its pings and is still served.
+    assert (await alive.request("ping"))["type"] == "pong"
+    await alive.close()
+
+
+def test_account_commands(tmp_path: Path) -> None:
+    folder = str(tmp_path / "pb_data")
+    result = cli("user", "create", "ada@example.com", "secret-password", "--dir", folder)
+    assert result.returncode == 0, result.stderr
+    assert "ada@example.com" in result.stdout
+    again = cli("user", "create", "ada@example.com", "secret-password", "--dir", folder)
+    assert again.returncode == 1
+    assert "error:" in again.stderr
+    first = cli("superuser", "upsert", "root@example.com", "first-password", "--dir", folder)
+    second = cli("superuser", "upsert", "root@example.com", "second-password", "--dir", folder)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
