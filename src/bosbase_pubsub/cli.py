@@ -121,7 +121,8 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-signup", dest="signup", action="store_false",
                         help="same as --signup false")  # fmt: skip
     _option(parser, "--origins", default="",
-            help="comma-separated extra origins whose pages may use the pb_auth cookie",
+            help="comma-separated origins allowed by CORS and to use the pb_auth cookie;"
+            " empty: CORS open to all, cookie from the own origin only",
             metavar="ORIGINS")  # fmt: skip
     _option(parser, "--max-topic-length", default="256", type=_positive_int,
             help="longest topic name, in characters", metavar="N")  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -105,3 +106,10 @@ def test_account_commands(tmp_path: Path) -> None:
     second = cli("superuser", "upsert", "root@example.com", "second-password", "--dir", folder)
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
+
+
+def test_the_configuration_reference_lists_every_serve_option() -> None:
+    reference = (Path(__file__).parents[2] / "docs/reference/configuration.md").read_text()
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", cli("serve", "--help").stdout)) - {"--help"}
+    missing = {flag for flag in flags if f"`{flag}" not in reference}
+    assert not missing
