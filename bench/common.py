@@ -544,10 +544,39 @@ class Snapshot:
     wall: float
     server_cpu: float
     loadgen_cpu: float
+    server_core_busy: float | None = None
+    """Busy seconds of the server's core (when pinned to one), from /proc/stat."""
 
     @staticmethod
     def take(server: Server, lg: LoadGen) -> Snapshot:
-        return Snapshot(time.monotonic(), server.cpu(), lg.cpu())
+        core = server.opts.cpu
+        busy = core_busy_seconds(int(core)) if core and core.isdigit() else None
+        return Snapshot(time.monotonic(), server.cpu(), lg.cpu(), busy)
+
+
+def core_busy_seconds(cpu: int) -> float | None:
+    """Non-idle time of one CPU since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith(f"cpu{cpu} "):
+                    v = [int(x) for x in line.split()[1:]]
+                    idle = v[3] + (v[4] if len(v) > 4 else 0)
+                    guest = sum(v[8:10]) if len(v) > 9 else 0  # already inside user/nice
+                    return (sum(v) - idle - guest) / CLK_TCK
+    except OSError:
+        pass
+    return None
+
+
+def other_load(a: Snapshot, b: Snapshot) -> float | None:
+    """Share of the server's core used by anything but the server between two snapshots:
+    other processes that ran there (noise) or interrupts. The CPU-per-delivery figures do
+    not depend on it; throughput at saturation does."""
+    if a.server_core_busy is None or b.server_core_busy is None or b.wall <= a.wall:
+        return None
+    other = (b.server_core_busy - a.server_core_busy) - (b.server_cpu - a.server_cpu)
+    return max(0.0, other / (b.wall - a.wall))
 
 
 # --------------------------------------------------------------------------- output

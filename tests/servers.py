@@ -2,17 +2,21 @@
 
 A ``ServerProcess`` runs ``bosbase-pubsub serve`` on a free loopback port
 (``--http 127.0.0.1:0``; the bound port is read from its log) with its own
-data folder, exactly as a user would start it.
+data folder, and its store (SQLite in that folder, or the PostgreSQL
+database ``db_url``), exactly as a user would start it. ``query`` reads a
+server's store whichever backend it is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 STARTUP_TIMEOUT = 20.0
 _SERVING = re.compile(r"serving on (http://[^ ]+:\d+)")
@@ -42,10 +47,22 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 class ServerProcess:
     """One ``bosbase-pubsub serve`` process; stopped with SIGTERM like a user would."""
 
-    def __init__(self, data_dir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        *,
+        db_url: str | None = None,
+        port: int = 0,
+    ):
+        self.port = port
+        """The port to listen on; 0 (the default) lets the system pick a free one."""
         self.data_dir = data_dir
         self.args = list(args)
         self.env = env
+        self.db_url = db_url
+        """The PostgreSQL database the server uses; ``None``: SQLite in ``data_dir``."""
         self.url = ""
         self.logs: list[str] = []
         self._process: subprocess.Popen[str] | None = None
@@ -76,9 +93,10 @@ class ServerProcess:
                 "bosbase_pubsub.cli",
                 "serve",
                 "--http",
-                "127.0.0.1:0",
+                f"127.0.0.1:{self.port}",
                 "--dir",
                 str(self.data_dir),
+                *(["--db", self.db_url] if self.db_url else []),
                 *self.args,
             ],
             stdout=subprocess.DEVNULL,
@@ -107,6 +125,12 @@ class ServerProcess:
 
     def log_text(self) -> str:
         return "\n".join(self.logs)
+
+    def restart(self) -> ServerProcess:
+        """Stop (SIGTERM), then start again on the same port with the same store."""
+        self.stop()
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self.start()
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, then wait; returns the exit code (kills after ``timeout``)."""
@@ -207,6 +231,11 @@ class WsClient:
                     self.unmatched.put_nowait(frame)
         finally:
             self.closed.set()
+            # Requests still waiting will get no reply: fail them now, not at their timeout.
+            for future in self.replies.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the connection closed"))
+            self.replies.clear()
 
     async def send_raw(self, frame: str | bytes) -> None:
         if isinstance(frame, bytes):
@@ -251,3 +280,34 @@ async def sign_in(base_url: str, collection: str, email: str, password: str) -> 
         body: dict[str, Any] = await response.json()
         assert response.status == 200, body
         return body
+
+
+def _numbered(sql: str) -> str:
+    """SQLite's ``?`` placeholders as PostgreSQL's ``$1, $2...``."""
+    numbers = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(numbers)}", sql)
+
+
+async def query(server: ServerProcess, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (``?`` placeholders, quoted camelCase columns) from the server's store."""
+    if server.db_url is None:
+        with contextlib.closing(sqlite3.connect(server.db_path)) as db:
+            return db.execute(sql, params).fetchall()
+    connection = await asyncpg.connect(server.db_url)
+    try:
+        return [tuple(row) for row in await connection.fetch(_numbered(sql), *params)]
+    finally:
+        await connection.close()
+
+
+async def execute_many(server: ServerProcess, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Run ``sql`` (``?`` placeholders) once per row in the server's store, in one transaction."""
+    if server.db_url is None:
+        with contextlib.closing(sqlite3.connect(server.db_path)) as db, db:
+            db.executemany(sql, rows)
+        return
+    connection = await asyncpg.connect(server.db_url)
+    try:
+        await connection.executemany(_numbered(sql), rows)
+    finally:
+        await connection.close()

@@ -109,6 +109,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--http", default="127.0.0.1:8090", help="address to listen on",
             type=parse_address, metavar="HOST:PORT")  # fmt: skip
     _add_storage_options(parser)
+    _option(parser, "--sqlite-synchronous", default="normal", type=_sqlite_synchronous,
+            help="normal: acked messages survive a crash of the process; full: also a"
+            " power cut (fsync per commit, slower)", metavar="MODE")  # fmt: skip
     _option(parser, "--retention", default="24h", type=duration,
             help="delete messages older than this", metavar="DURATION")  # fmt: skip
     _option(parser, "--prune-interval", default="1m", type=duration,
@@ -156,6 +159,12 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             help="debug, info, warning or error", metavar="LEVEL")  # fmt: skip
 
 
+def _sqlite_synchronous(text: str) -> str:
+    if text.lower() not in ("normal", "full"):
+        raise ValueError(f"invalid SQLite synchronous mode {text!r} (use normal or full)")
+    return text.lower()
+
+
 def _log_format(text: str) -> str:
     if text not in ("text", "json"):
         raise ValueError(f"invalid log format {text!r} (use text or json)")
@@ -197,7 +206,52 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("email")
     create.add_argument("password")
     _add_storage_options(create)
+    _add_client_commands(commands)
     return parser
+
+
+def _add_client_commands(commands: Any) -> None:
+    """``sub`` and ``pub``: the Python SDK on the command line (no server modules)."""
+
+    def connection_options(parser: argparse.ArgumentParser) -> None:
+        _option(parser, "--url", default="http://127.0.0.1:8090", help="the server",
+                metavar="URL")  # fmt: skip
+        _option(parser, "--token", default="", help="auth token to use", metavar="TOKEN")
+        _option(parser, "--email", default="",
+                help="sign in with this email (with --password)", metavar="EMAIL")  # fmt: skip
+        _option(parser, "--password", default="", help="password for --email",
+                metavar="PASSWORD")  # fmt: skip
+        # Trying _superusers first costs a users account one failed sign-in per
+        # run (the server limits them per address): scripts should name it.
+        _option(parser, "--collection", default="",
+                help="auth collection for --email; none: _superusers, then users",
+                metavar="NAME")  # fmt: skip
+        parser.add_argument("--timeout", default=10.0, type=_argument_type(_positive_float),
+                            metavar="SECONDS",
+                            help="wait this long for each reply (default: 10)")  # fmt: skip
+
+    sub = commands.add_parser(
+        "sub",
+        help="print the messages of topics as JSON lines",
+        description="Subscribe to TOPICs and print each message as a JSON line"
+        " ({id, topic, data, created}) until interrupted. Reconnects on its own.",
+    )
+    sub.add_argument("topics", nargs="+", metavar="TOPIC")
+    sub.add_argument("--count", type=_argument_type(_positive_int), default=0, metavar="N",
+                     help="exit after N messages")  # fmt: skip
+    connection_options(sub)
+
+    pub = commands.add_parser(
+        "pub",
+        help="publish JSON on a topic and print the acks",
+        description="Publish JSON on TOPIC: the JSON argument, or else each line of"
+        " standard input as one message. Prints each ack ({id, topic, created}) as a"
+        " JSON line. Publishing needs --token or --email/--password.",
+    )
+    pub.add_argument("topic", metavar="TOPIC")
+    pub.add_argument("data", nargs="?", default=None, metavar="JSON",
+                     help='the message, e.g. \'{"text": "hi"}\' (default: read stdin)')  # fmt: skip
+    connection_options(pub)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -211,6 +265,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=port,
         data_dir=Path(args.dir),
         db_url=args.db or None,
+        sqlite_synchronous=args.sqlite_synchronous,
         heartbeat=args.heartbeat.total_seconds(),
         shutdown_timeout=args.shutdown_timeout.total_seconds(),
         log_format=args.log_format,
@@ -287,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _run_serve(args)
+    if args.command in ("sub", "pub"):
+        from .client._cli import run
+
+        return int(run(args))
     return _run_account(args)
 
 

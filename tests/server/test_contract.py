@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 from typing import Any
 
 import orjson
@@ -12,7 +11,10 @@ import pytest
 
 from bosbase_pubsub import protocol
 
-from ..servers import ServerProcess, WsClient
+from ..conftest import BOTH_BACKENDS
+from ..servers import ServerProcess, WsClient, query
+
+pytestmark = BOTH_BACKENDS
 
 CREATED = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -304,13 +306,13 @@ async def test_ack_comes_after_the_row_is_stored(
     shared_server: ServerProcess, publisher: WsClient
 ) -> None:
     ack = await publisher.publish("stored", {"k": "v"})
-    with sqlite3.connect(shared_server.db_path) as db:
-        row = db.execute(
-            "SELECT topic, payload, origin, createdBy, created FROM _pubsub_messages WHERE id = ?",
-            (ack["id"],),
-        ).fetchone()
-    assert row is not None
-    topic, payload, origin, created_by, created = row
+    rows = await query(
+        shared_server,
+        'SELECT topic, payload, origin, "createdBy", created FROM _pubsub_messages WHERE id = ?',
+        ack["id"],
+    )
+    assert len(rows) == 1
+    topic, payload, origin, created_by, created = rows[0]
     assert topic == "stored"
     assert orjson.loads(payload) == {"k": "v"}
     assert origin

@@ -3,20 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
+from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 
 from bosbase_pubsub.server.ids import new_id
 
-from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
-from ..servers import WsClient
+from ..conftest import BOTH_BACKENDS, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
+from ..servers import ServerProcess, WsClient, execute_many, query
+
+pytestmark = BOTH_BACKENDS
 
 
-def stored_ids(db_path: object) -> set[str]:
-    with sqlite3.connect(str(db_path)) as db:
-        return {row[0] for row in db.execute("SELECT id FROM _pubsub_messages")}
+async def stored_ids(server: ServerProcess) -> set[str]:
+    return {row[0] for row in await query(server, "SELECT id FROM _pubsub_messages")}
+
+
+@contextlib.asynccontextmanager
+async def store_refusing_writes(server: ServerProcess) -> AsyncIterator[None]:
+    """Make every write to the server's store fail while the block runs."""
+    if server.db_url is None:
+        # Another process holds the write lock longer than the server's busy timeout.
+        locker = sqlite3.connect(str(server.db_path), isolation_level=None)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            yield
+            locker.execute("ROLLBACK")
+        finally:
+            locker.close()
+        return
+    connection = await asyncpg.connect(server.db_url)
+    try:
+        await connection.execute(
+            "CREATE FUNCTION _test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;"
+            " CREATE TRIGGER _test_refuse BEFORE INSERT ON _pubsub_messages"
+            " FOR EACH STATEMENT EXECUTE FUNCTION _test_refuse();"
+        )
+        yield
+        await connection.execute(
+            "DROP TRIGGER _test_refuse ON _pubsub_messages; DROP FUNCTION _test_refuse();"
+        )
+    finally:
+        await connection.close()
 
 
 async def test_every_acked_message_survives_a_crash_and_restart(start_server: StartServer) -> None:
@@ -43,9 +76,9 @@ async def test_every_acked_message_survives_a_crash_and_restart(start_server: St
     for client in publishers:
         await client.session.close()
 
-    assert set(acked) <= stored_ids(server.db_path)
+    assert set(acked) <= await stored_ids(server)
     restarted = start_server(data_dir=server.data_dir)
-    assert set(acked) <= stored_ids(restarted.db_path)
+    assert set(acked) <= await stored_ids(restarted)
     subscriber = await WsClient.connect(restarted.ws_url, token=token)
     try:
         await subscriber.subscribe("crash")
@@ -70,17 +103,17 @@ async def test_graceful_shutdown_closes_sockets_with_1001_and_keeps_acked_messag
     assert client.ws.close_code == 1001
     await asyncio.to_thread(stopper.join)
     await client.session.close()
-    assert {ack["id"] for ack in acks} <= stored_ids(server.db_path)
+    assert {ack["id"] for ack in acks} <= await stored_ids(server)
     assert "stopped" in server.log_text()
 
 
-def _insert_old_rows(db_path: object, count: int, created: str) -> None:
-    with sqlite3.connect(str(db_path)) as db:
-        db.executemany(
-            "INSERT INTO _pubsub_messages (id, topic, payload, origin, createdBy, created)"
-            " VALUES (?, 'old', '1', 'elsewhere', NULL, ?)",
-            [(new_id(), created) for _ in range(count)],
-        )
+async def _insert_old_rows(server: ServerProcess, count: int, created: str) -> None:
+    await execute_many(
+        server,
+        'INSERT INTO _pubsub_messages (id, topic, payload, origin, "createdBy", created)'
+        " VALUES (?, 'old', '1', 'elsewhere', NULL, ?)",
+        [(new_id(), created) for _ in range(count)],
+    )
 
 
 async def test_messages_past_retention_are_pruned_in_batches(start_server: StartServer) -> None:
@@ -91,13 +124,13 @@ async def test_messages_past_retention_are_pruned_in_batches(start_server: Start
     await client.close()
     server.stop()
     # 5,000 rows two days old: more than one pruning batch.
-    _insert_old_rows(server.db_path, 5000, "2000-01-01 00:00:00.000Z")
+    await _insert_old_rows(server, 5000, "2000-01-01 00:00:00.000Z")
     restarted = start_server("--prune-interval", "1s", data_dir=server.data_dir)
     for _ in range(100):
-        if len(stored_ids(restarted.db_path)) == 1:
+        if len(await stored_ids(restarted)) == 1:
             break
         await asyncio.sleep(0.1)
-    assert stored_ids(restarted.db_path) == {recent["id"]}
+    assert await stored_ids(restarted) == {recent["id"]}
     restarted.wait_for_log("pruned 5000 messages")
 
 
@@ -107,12 +140,12 @@ async def test_retention_is_configurable(start_server: StartServer) -> None:
     client = await WsClient.connect(server.ws_url, token=token)
     try:
         ack = await client.publish("short", 1)
-        assert ack["id"] in stored_ids(server.db_path)
+        assert ack["id"] in await stored_ids(server)
         for _ in range(50):
-            if ack["id"] not in stored_ids(server.db_path):
+            if ack["id"] not in await stored_ids(server):
                 break
             await asyncio.sleep(0.1)
-        assert ack["id"] not in stored_ids(server.db_path)
+        assert ack["id"] not in await stored_ids(server)
     finally:
         await client.close()
 
@@ -124,27 +157,23 @@ async def test_a_store_that_fails_gets_failed_to_publish_and_nothing_is_acked(
     token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
     client = await WsClient.connect(server.ws_url, token=token)
     subscriber = await WsClient.connect(server.ws_url)
-    locker = sqlite3.connect(str(server.db_path), isolation_level=None, check_same_thread=False)
     try:
         await subscriber.subscribe("locked")
-        # Another process holds the write lock longer than the server's busy timeout.
-        locker.execute("BEGIN EXCLUSIVE")
-        reply = await client.publish("locked", "lost?")
-        assert reply["type"] == "error"
-        assert reply["message"] == "failed to publish message"
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(server.url + "/api/health") as response,
-        ):
-            assert response.status == 503
-        locker.execute("ROLLBACK")
+        async with store_refusing_writes(server):
+            reply = await client.publish("locked", "lost?")
+            assert reply["type"] == "error"
+            assert reply["message"] == "failed to publish message"
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(server.url + "/api/health") as response,
+            ):
+                assert response.status == 503
         ack = await client.publish("locked", "kept")
         assert ack["type"] == "published"
         # The refused message was neither stored nor delivered; the next one was.
         message = await subscriber.next_message()
         assert message["data"] == "kept"
-        with sqlite3.connect(str(server.db_path)) as db:
-            payloads = [row[0] for row in db.execute("SELECT payload FROM _pubsub_messages")]
+        payloads = [row[0] for row in await query(server, "SELECT payload FROM _pubsub_messages")]
         assert payloads == ['"kept"']
         async with (
             aiohttp.ClientSession() as session,
@@ -152,6 +181,5 @@ async def test_a_store_that_fails_gets_failed_to_publish_and_nothing_is_acked(
         ):
             assert response.status == 200
     finally:
-        locker.close()
         await client.close()
         await subscriber.close()

@@ -10,7 +10,10 @@ import pytest
 
 from bosbase_pubsub import protocol
 
+from ..conftest import BOTH_BACKENDS
 from ..servers import ServerProcess, WsClient
+
+pytestmark = BOTH_BACKENDS
 
 
 async def post_publish(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import urllib.parse
 from typing import Any
@@ -13,8 +12,10 @@ import jwt
 import orjson
 import pytest
 
-from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
-from ..servers import ServerProcess, WsClient
+from ..conftest import BOTH_BACKENDS, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
+from ..servers import ServerProcess, WsClient, query
+
+pytestmark = BOTH_BACKENDS
 
 SUPERUSERS_ID = "pbc_3142635823"
 
@@ -35,13 +36,12 @@ async def can_publish(server: ServerProcess, **connect: Any) -> bool:
         await client.close()
 
 
-def signing_key(server: ServerProcess) -> tuple[str, str]:
+async def signing_key(server: ServerProcess) -> tuple[str, str]:
     """The superuser's id and the real HS256 key its tokens are signed with."""
-    with sqlite3.connect(server.db_path) as db:
-        record_id, token_key = db.execute("SELECT id, tokenKey FROM _superusers").fetchone()
-        (secret,) = db.execute(
-            "SELECT value FROM _params WHERE id = 'auth._superusers.tokenSecret'"
-        ).fetchone()
+    [(record_id, token_key)] = await query(server, 'SELECT id, "tokenKey" FROM _superusers')
+    [(secret,)] = await query(
+        server, "SELECT value FROM _params WHERE id = 'auth._superusers.tokenSecret'"
+    )
     return record_id, token_key + secret
 
 
@@ -77,7 +77,7 @@ def claims(record_id: str, **overrides: Any) -> dict[str, Any]:
 async def test_a_forged_token_with_the_real_key_is_accepted_so_the_bad_ones_below_mean_something(
     server: ServerProcess,
 ) -> None:
-    record_id, key = signing_key(server)
+    record_id, key = await signing_key(server)
     assert await can_publish(server, token=jwt.encode(claims(record_id), key, algorithm="HS256"))
 
 
@@ -88,7 +88,7 @@ async def test_a_forged_token_with_the_real_key_is_accepted_so_the_bad_ones_belo
 async def test_bad_tokens_leave_the_connection_anonymous(
     server: ServerProcess, token: str, kind: str
 ) -> None:
-    record_id, key = signing_key(server)
+    record_id, key = await signing_key(server)
     if kind == "expired":
         bad = jwt.encode(claims(record_id, exp=int(time.time()) - 5), key, algorithm="HS256")
     elif kind == "tampered":
@@ -118,7 +118,7 @@ async def test_an_expired_token_from_the_server_itself(start_server: StartServer
 
 
 async def test_a_password_change_revokes_earlier_tokens(server: ServerProcess, token: str) -> None:
-    record_id, _ = signing_key(server)
+    record_id, _ = await signing_key(server)
     async with (
         aiohttp.ClientSession() as session,
         session.patch(

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 
 import aiohttp
 import pytest
 import websockets.sync.client
 
-from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
-from ..servers import WsClient
+from ..conftest import BOTH_BACKENDS, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
+from ..servers import WsClient, query
 
 
 async def test_topic_length_limit(start_server: StartServer) -> None:
@@ -46,6 +45,7 @@ async def test_subscription_limit_per_connection(start_server: StartServer) -> N
         await client.close()
 
 
+@BOTH_BACKENDS
 async def test_publish_rate_limit_per_connection(start_server: StartServer) -> None:
     server = start_server("--publish-rate", "2", "--publish-burst", "5")
     token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
@@ -63,8 +63,7 @@ async def test_publish_rate_limit_per_connection(start_server: StartServer) -> N
         # The limit is per connection: another one is unaffected.
         assert (await other.publish("rate", "other"))["type"] == "published"
         # Every acked publish, and only those, is stored.
-        with sqlite3.connect(server.db_path) as db:
-            stored = {row[0] for row in db.execute("SELECT id FROM _pubsub_messages")}
+        stored = {row[0] for row in await query(server, "SELECT id FROM _pubsub_messages")}
         assert stored >= {reply["id"] for reply in acked}
         assert len(stored) == len(acked) + 1
     finally:

@@ -10,8 +10,9 @@ import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from ..conftest import StartServer, make_superuser
+from ..conftest import BOTH_BACKENDS, StartServer, make_superuser
 from ..servers import ServerProcess, WsClient, cli
 
 
@@ -94,18 +95,37 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(start_server: StartS
     await alive.close()
 
 
-def test_account_commands(tmp_path: Path) -> None:
-    folder = str(tmp_path / "pb_data")
-    result = cli("user", "create", "ada@example.com", "secret-password", "--dir", folder)
+@BOTH_BACKENDS
+def test_account_commands(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    where = ["--dir", str(tmp_path / "pb_data")]
+    if backend == "postgres":
+        where += ["--db", request.getfixturevalue("pg_database")]
+    result = cli("user", "create", "ada@example.com", "secret-password", *where)
     assert result.returncode == 0, result.stderr
     assert "ada@example.com" in result.stdout
-    again = cli("user", "create", "ada@example.com", "secret-password", "--dir", folder)
+    again = cli("user", "create", "ada@example.com", "secret-password", *where)
     assert again.returncode == 1
     assert "error:" in again.stderr
-    first = cli("superuser", "upsert", "root@example.com", "first-password", "--dir", folder)
-    second = cli("superuser", "upsert", "root@example.com", "second-password", "--dir", folder)
+    first = cli("superuser", "upsert", "root@example.com", "first-password", *where)
+    second = cli("superuser", "upsert", "root@example.com", "second-password", *where)
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
+
+
+@BOTH_BACKENDS
+def test_the_database_comes_from_the_environment_too(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        env = dict(os.environ, BOSBASE_PUBSUB_DB=f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    else:
+        env = dict(os.environ, BOSBASE_PUBSUB_DB=request.getfixturevalue("pg_database"))
+    folder = str(tmp_path / "pb_data")
+    result = cli("user", "create", "env@example.com", "secret-password", "--dir", folder, env=env)
+    assert result.returncode == 0, result.stderr
+    again = cli("user", "create", "env@example.com", "secret-password", "--dir", folder, env=env)
+    assert again.returncode == 1  # the same store: the email is taken
+    assert not (tmp_path / "pb_data" / "data.db").exists()
 
 
 def test_the_configuration_reference_lists_every_serve_option() -> None:

@@ -1,9 +1,10 @@
 """The node: builds the aiohttp application and runs it until a signal.
 
-Lifecycle: open the store, load the signing secrets, start pruning, then
-listen. On SIGTERM or SIGINT: stop accepting, close every WebSocket with
-1001, let queued publishes commit (so every ack already promised holds),
-then close the store.
+Lifecycle: open the store, load the signing secrets, start following the
+other nodes' messages (a shared store only), start pruning, then listen. On
+SIGTERM or SIGINT: stop accepting, close every WebSocket with 1001, stop
+following, let queued publishes commit (so every ack already promised
+holds), then close the store.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from aiohttp import web
 
 from .. import protocol
 from .auth import Authenticator
+from .cluster import Follower
 from .commits import CommitQueue
 from .config import ServerConfig
 from .cors import cors_middleware
@@ -49,6 +51,8 @@ class Node:
     authenticator: Authenticator
     endpoint: PubSubEndpoint
     node_id: str
+    follower: Follower | None = None
+    """Delivers other nodes' messages; ``None`` when only this node uses the store."""
 
 
 NODE = web.AppKey("node", Node)
@@ -56,7 +60,9 @@ NODE = web.AppKey("node", Node)
 
 def build_app(config: ServerConfig, store: Store | None = None) -> web.Application:
     """The aiohttp application for ``config`` (its store is opened on startup)."""
-    store = store or open_store(config.db_url, config.data_dir)
+    store = store or open_store(
+        config.db_url, config.data_dir, sqlite_synchronous=config.sqlite_synchronous
+    )
     metrics = Metrics()
     hub = Hub(metrics, outbound_buffer_bytes=config.limits.outbound_buffer_bytes)
     commits = CommitQueue(store, hub, metrics)
@@ -71,7 +77,9 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
         node_id=node_id,
         heartbeat=config.heartbeat,
     )
-    node = Node(config, store, metrics, hub, commits, authenticator, endpoint, node_id)
+    feed = store.feed(skip_origin=node_id)
+    follower = None if feed is None else Follower(feed, hub, node_id=node_id)
+    node = Node(config, store, metrics, hub, commits, authenticator, endpoint, node_id, follower)
 
     # Request bodies are bounded above the payload limit; the publish route
     # answers oversized ones itself with the contract's 413 body.
@@ -94,6 +102,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE]
     await node.store.open()
     await node.authenticator.start()
+    if node.follower is not None:
+        # Before listening: the node delivers every message stored from now on.
+        await node.follower.start()
     pruning = asyncio.get_running_loop().create_task(
         run_retention(node.store, node.config.retention, node.metrics)
     )
@@ -102,6 +113,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     pruning.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await pruning
+    if node.follower is not None:
+        await node.follower.stop()
     # Every publish already queued gets its commit (and its ack, if its
     # socket is still open) before the store goes away.
     await node.commits.drain()
@@ -119,6 +132,8 @@ async def health(request: web.Request) -> web.Response:
         await asyncio.wait_for(node.store.ping(), HEALTH_TIMEOUT)
         if node.commits.degraded:
             raise StoreError("the last commit failed")
+        if node.follower is not None and node.follower.degraded:
+            raise StoreError("the feed of other nodes' messages is failing")
     except Exception as error:
         reason = str(error) or type(error).__name__
         return api_error(

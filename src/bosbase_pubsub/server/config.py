@@ -66,6 +66,11 @@ class ServerConfig:
     data_dir: Path = Path("pb_data")
     db_url: str | None = None
     """``None`` means the embedded SQLite file ``data_dir/data.db``."""
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
+    """SQLite's ``synchronous`` pragma in WAL mode. ``normal`` (PocketBase's
+    choice): a commit reaches the operating system before its ack, so acked
+    messages survive the process crashing; ``full``: it is also fsynced, so
+    they survive a power cut, at the cost of throughput."""
     heartbeat: float = 30.0
     """Seconds between WebSocket pings; a peer that does not answer in half of it is dropped."""
     shutdown_timeout: float = 10.0

@@ -18,17 +18,22 @@ async def prune_once(store: Store, retention: Retention, metrics: Metrics) -> in
     """Delete every message older than ``retention.keep``; return how many.
 
     Each batch is its own short transaction, and the loop yields between
-    batches, so publishes queued meanwhile commit in between.
+    batches, so publishes queued meanwhile commit in between. Nodes sharing
+    a store prune one at a time: a node that finds another pruning skips
+    this round (returns 0).
     """
     cutoff = protocol.format_created(dt.datetime.now(dt.timezone.utc) - retention.keep)
     total = 0
-    while True:
-        deleted = await store.prune(cutoff, retention.batch)
-        total += deleted
-        metrics.pruned += deleted
-        if deleted < retention.batch:
-            return total
-        await asyncio.sleep(0)
+    async with store.exclusive("retention") as ours:
+        if not ours:
+            return 0
+        while True:
+            deleted = await store.prune(cutoff, retention.batch)
+            total += deleted
+            metrics.pruned += deleted
+            if deleted < retention.batch:
+                return total
+            await asyncio.sleep(0)
 
 
 async def run_retention(store: Store, retention: Retention, metrics: Metrics) -> None:

@@ -1,8 +1,9 @@
-"""Fixtures for the auth tests: a real SQLite store, and the auth routes on a loopback port.
+"""Fixtures for the auth tests: a real store, and the auth routes on a loopback port.
 
 ``auth_server`` runs a minimal aiohttp application (the auth routes plus two
 ``/whoami`` routes that report ``identify()``) on 127.0.0.1 with an
-``Authenticator`` over a real ``SqliteStore`` in ``tmp_path``. bcrypt uses its
+``Authenticator`` over a real store: every test runs on a ``SqliteStore`` in
+``tmp_path`` and on a ``PostgresStore`` on a fresh database. bcrypt uses its
 lowest cost so that the suite stays fast; the cost is not what is tested.
 """
 
@@ -20,14 +21,21 @@ from aiohttp import web
 from bosbase_pubsub.server.auth import AUTHENTICATOR_KEY, Authenticator, PasswordHasher, identify
 from bosbase_pubsub.server.config import AuthSettings
 from bosbase_pubsub.server.errors import json_response
+from bosbase_pubsub.server.storage import Store
+from bosbase_pubsub.server.storage.postgres import PostgresStore
 from bosbase_pubsub.server.storage.sqlite import SqliteStore
+
+from ...conftest import BACKENDS
 
 FAST_ROUNDS = 4
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "data.db")
+@pytest.fixture(params=BACKENDS)
+async def store(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        store: Store = SqliteStore(tmp_path / "data.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("pg_database"))
     await store.open()
     yield store
     await store.close()
@@ -45,7 +53,7 @@ def auth_settings() -> AuthSettings:
 
 @pytest.fixture
 async def authenticator(
-    store: SqliteStore, auth_settings: AuthSettings, hasher: PasswordHasher
+    store: Store, auth_settings: AuthSettings, hasher: PasswordHasher
 ) -> Authenticator:
     auth = Authenticator(store.accounts, auth_settings, hasher=hasher)
     await auth.start()
@@ -121,7 +129,7 @@ ServeAuth = Callable[..., Awaitable[AuthServer]]
 
 
 @pytest.fixture
-async def serve_auth(store: SqliteStore, hasher: PasswordHasher) -> AsyncIterator[ServeAuth]:
+async def serve_auth(store: Store, hasher: PasswordHasher) -> AsyncIterator[ServeAuth]:
     """Start the test application with the given ``AuthSettings`` fields; stopped after."""
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []

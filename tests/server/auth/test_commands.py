@@ -1,4 +1,4 @@
-"""The account helpers the command line uses, against a real SQLite store."""
+"""The account helpers the command line uses, against a real store (each backend)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from bosbase_pubsub.server.auth import (
     create_user,
     upsert_superuser,
 )
-from bosbase_pubsub.server.storage.sqlite import SqliteStore
+from bosbase_pubsub.server.storage import Store
 
 
 async def test_upsert_superuser_creates_then_updates(
-    store: SqliteStore, hasher: PasswordHasher, authenticator: Authenticator
+    store: Store, hasher: PasswordHasher, authenticator: Authenticator
 ) -> None:
     created = await upsert_superuser(
         store.accounts, " Root@Example.com ", "first-password", hasher=hasher
@@ -40,7 +40,7 @@ async def test_upsert_superuser_creates_then_updates(
     assert await authenticator.verify_token(token) is None
 
 
-async def test_create_user(store: SqliteStore, hasher: PasswordHasher) -> None:
+async def test_create_user(store: Store, hasher: PasswordHasher) -> None:
     user = await create_user(store.accounts, "alice@example.com", "alice-password", hasher=hasher)
     assert user.collection == "users"
     assert not user.verified
@@ -48,9 +48,7 @@ async def test_create_user(store: SqliteStore, hasher: PasswordHasher) -> None:
     assert await store.accounts.find_by_email("users", "ALICE@example.com") == user
 
 
-async def test_create_user_refuses_a_taken_email(
-    store: SqliteStore, hasher: PasswordHasher
-) -> None:
+async def test_create_user_refuses_a_taken_email(store: Store, hasher: PasswordHasher) -> None:
     await create_user(store.accounts, "bob@example.com", "bob-password", hasher=hasher)
     with pytest.raises(EmailTakenError) as caught:
         await create_user(store.accounts, "BOB@example.com", "other-password", hasher=hasher)
@@ -70,7 +68,7 @@ async def test_create_user_refuses_a_taken_email(
     ],
 )
 async def test_invalid_input_is_explained(
-    store: SqliteStore, hasher: PasswordHasher, email: str, password: str, message: str
+    store: Store, hasher: PasswordHasher, email: str, password: str, message: str
 ) -> None:
     for helper in (create_user, upsert_superuser):
         with pytest.raises(AccountError) as caught:
@@ -79,9 +77,7 @@ async def test_invalid_input_is_explained(
         assert isinstance(caught.value, ValueError)
 
 
-async def test_users_and_superusers_are_separate(
-    store: SqliteStore, hasher: PasswordHasher
-) -> None:
+async def test_users_and_superusers_are_separate(store: Store, hasher: PasswordHasher) -> None:
     user = await create_user(store.accounts, "same@example.com", "user-password", hasher=hasher)
     root = await upsert_superuser(
         store.accounts, "same@example.com", "root-password", hasher=hasher

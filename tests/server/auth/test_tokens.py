@@ -1,4 +1,4 @@
-"""Issuing and verifying auth tokens against a real SQLite store."""
+"""Issuing and verifying auth tokens against a real store (each backend)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from bosbase_pubsub.server.auth import (
 from bosbase_pubsub.server.auth.accounts import change_password
 from bosbase_pubsub.server.auth.tokens import secret_name
 from bosbase_pubsub.server.config import AuthSettings
+from bosbase_pubsub.server.storage import Store
 from bosbase_pubsub.server.storage.base import AuthRecord
 from bosbase_pubsub.server.storage.sqlite import SqliteStore
 
@@ -31,11 +32,11 @@ PASSWORD = "alice-password"
 
 
 @pytest.fixture
-async def alice(store: SqliteStore, hasher: PasswordHasher) -> AuthRecord:
+async def alice(store: Store, hasher: PasswordHasher) -> AuthRecord:
     return await create_user(store.accounts, EMAIL, PASSWORD, hasher=hasher)
 
 
-async def signing_key(store: SqliteStore, record: AuthRecord) -> str:
+async def signing_key(store: Store, record: AuthRecord) -> str:
     """The key a genuine token for ``record`` is signed with (to forge variants)."""
     collection = USERS if record.collection == USERS.name else SUPERUSERS
     secret = await store.accounts.secret(secret_name(collection), "never-used-candidate")
@@ -97,7 +98,7 @@ async def test_source_is_reported(authenticator: Authenticator, alice: AuthRecor
 
 
 async def test_superuser_identity(
-    authenticator: Authenticator, store: SqliteStore, hasher: PasswordHasher
+    authenticator: Authenticator, store: Store, hasher: PasswordHasher
 ) -> None:
     root = await upsert_superuser(
         store.accounts, "root@example.com", "root-password", hasher=hasher
@@ -116,7 +117,7 @@ async def test_expired_token(authenticator: Authenticator, alice: AuthRecord) ->
 
 
 async def test_token_lifetime_follows_settings(
-    store: SqliteStore, hasher: PasswordHasher, alice: AuthRecord
+    store: Store, hasher: PasswordHasher, alice: AuthRecord
 ) -> None:
     auth = Authenticator(
         store.accounts, AuthSettings(token_ttl=dt.timedelta(minutes=10)), hasher=hasher
@@ -128,7 +129,7 @@ async def test_token_lifetime_follows_settings(
 
 
 async def test_forged_hs256_with_the_real_key_verifies(
-    authenticator: Authenticator, store: SqliteStore, alice: AuthRecord
+    authenticator: Authenticator, store: Store, alice: AuthRecord
 ) -> None:
     # Sanity check of the forging helpers used below: the right key and
     # algorithm make a valid token, so the refusals below are about what differs.
@@ -142,7 +143,7 @@ async def test_wrong_key(authenticator: Authenticator, alice: AuthRecord) -> Non
 
 
 async def test_tampered_claims(
-    authenticator: Authenticator, store: SqliteStore, hasher: PasswordHasher, alice: AuthRecord
+    authenticator: Authenticator, store: Store, hasher: PasswordHasher, alice: AuthRecord
 ) -> None:
     bob = await create_user(store.accounts, "bob@example.com", "bob-password", hasher=hasher)
     header, _, signature = authenticator.issue_token(alice).split(".")
@@ -165,7 +166,7 @@ async def test_tampered_signature(authenticator: Authenticator, alice: AuthRecor
 
 @pytest.mark.parametrize("algorithm", ["HS384", "HS512"])
 async def test_other_hmac_algorithms_are_refused(
-    authenticator: Authenticator, store: SqliteStore, alice: AuthRecord, algorithm: str
+    authenticator: Authenticator, store: Store, alice: AuthRecord, algorithm: str
 ) -> None:
     token = jwt.encode(claims_for(alice), await signing_key(store, alice), algorithm=algorithm)
     assert await authenticator.verify_token(token) is None
@@ -189,7 +190,7 @@ async def test_asymmetric_headers_are_refused(
 
 @pytest.mark.parametrize("kind", ["file", "passwordReset", "verification", "", None])
 async def test_other_token_types_are_refused(
-    authenticator: Authenticator, store: SqliteStore, alice: AuthRecord, kind: str | None
+    authenticator: Authenticator, store: Store, alice: AuthRecord, kind: str | None
 ) -> None:
     token = jwt.encode(
         claims_for(alice, type=kind), await signing_key(store, alice), algorithm="HS256"
@@ -198,7 +199,7 @@ async def test_other_token_types_are_refused(
 
 
 async def test_missing_expiry_is_refused(
-    authenticator: Authenticator, store: SqliteStore, alice: AuthRecord
+    authenticator: Authenticator, store: Store, alice: AuthRecord
 ) -> None:
     claims = claims_for(alice)
     del claims["exp"]
@@ -207,7 +208,7 @@ async def test_missing_expiry_is_refused(
 
 
 async def test_unknown_record(
-    authenticator: Authenticator, store: SqliteStore, alice: AuthRecord
+    authenticator: Authenticator, store: Store, alice: AuthRecord
 ) -> None:
     key = await signing_key(store, alice)
     token = jwt.encode(claims_for(alice, id="zzzzzzzzzzzzzzz"), key, algorithm="HS256")
@@ -215,7 +216,7 @@ async def test_unknown_record(
 
 
 async def test_wrong_collection(
-    authenticator: Authenticator, store: SqliteStore, alice: AuthRecord
+    authenticator: Authenticator, store: Store, alice: AuthRecord
 ) -> None:
     key = await signing_key(store, alice)
     for collection_id in ("pbc_3142635823", "some_other_collection", ""):
@@ -224,7 +225,7 @@ async def test_wrong_collection(
 
 
 async def test_non_refreshable_token_is_reported(
-    authenticator: Authenticator, store: SqliteStore, alice: AuthRecord
+    authenticator: Authenticator, store: Store, alice: AuthRecord
 ) -> None:
     key = await signing_key(store, alice)
     token = jwt.encode(claims_for(alice, refreshable=False), key, algorithm="HS256")
@@ -241,7 +242,7 @@ async def test_malformed_tokens(authenticator: Authenticator, token: str) -> Non
 
 
 async def test_password_change_invalidates_earlier_tokens(
-    authenticator: Authenticator, store: SqliteStore, hasher: PasswordHasher, alice: AuthRecord
+    authenticator: Authenticator, store: Store, hasher: PasswordHasher, alice: AuthRecord
 ) -> None:
     before = authenticator.issue_token(alice)
     assert await authenticator.verify_token(before) is not None
@@ -253,7 +254,7 @@ async def test_password_change_invalidates_earlier_tokens(
 
 
 async def test_nodes_sharing_a_database_accept_each_others_tokens(
-    authenticator: Authenticator, store: SqliteStore, hasher: PasswordHasher, alice: AuthRecord
+    authenticator: Authenticator, store: Store, hasher: PasswordHasher, alice: AuthRecord
 ) -> None:
     other_node = Authenticator(store.accounts, AuthSettings(), hasher=hasher)
     await other_node.start()
@@ -278,7 +279,7 @@ async def test_another_database_rejects_the_token(
 
 
 async def test_secrets_survive_a_restart(
-    authenticator: Authenticator, store: SqliteStore, hasher: PasswordHasher, alice: AuthRecord
+    authenticator: Authenticator, store: Store, hasher: PasswordHasher, alice: AuthRecord
 ) -> None:
     token = authenticator.issue_token(alice)
     restarted = Authenticator(store.accounts, AuthSettings(), hasher=hasher)
@@ -286,7 +287,7 @@ async def test_secrets_survive_a_restart(
     assert await restarted.verify_token(token) is not None
 
 
-async def test_issue_needs_start(store: SqliteStore, alice: AuthRecord) -> None:
+async def test_issue_needs_start(store: Store, alice: AuthRecord) -> None:
     auth = Authenticator(store.accounts, AuthSettings())
     with pytest.raises(RuntimeError, match="load_secrets"):
         auth.issue_token(alice)

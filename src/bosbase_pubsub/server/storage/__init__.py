@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import AccountStore, AuthRecord, DuplicateRecordError, Message, Store, StoreError
+from .base import (
+    AccountStore,
+    AuthRecord,
+    DuplicateRecordError,
+    Feed,
+    Message,
+    Store,
+    StoreError,
+)
 
 __all__ = [
     "AccountStore",
     "AuthRecord",
     "DuplicateRecordError",
+    "Feed",
     "Message",
     "Store",
     "StoreError",
@@ -17,17 +26,26 @@ __all__ = [
 ]
 
 
-def open_store(url: str | None, data_dir: Path) -> Store:
+def open_store(url: str | None, data_dir: Path, *, sqlite_synchronous: str = "normal") -> Store:
     """The store for ``url``; ``None`` or ``sqlite:`` means the embedded file in ``data_dir``.
 
-    Accepted: ``sqlite:///path/to/file.db`` (or ``sqlite:`` for ``data_dir/data.db``).
-    The returned store is not opened yet.
+    Accepted: ``sqlite:///path/to/file.db`` (or ``sqlite:`` for ``data_dir/data.db``),
+    and ``postgres://USER:PASSWORD@HOST:PORT/DATABASE`` (or ``postgresql://``) for a
+    database that any number of nodes share. The returned store is not opened yet.
+    Raises ``ValueError`` for any other scheme. ``sqlite_synchronous`` is SQLite's
+    ``synchronous`` pragma (``normal`` or ``full``), see ``ServerConfig``.
     """
-    from .sqlite import SqliteStore
+    if not url or url == "sqlite:" or url.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
 
-    if not url or url == "sqlite:":
-        return SqliteStore(data_dir / "data.db")
-    if url.startswith("sqlite:///"):
-        return SqliteStore(Path(url.removeprefix("sqlite://")))
+        if url and url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite://"))
+        else:
+            path = data_dir / "data.db"
+        return SqliteStore(path, synchronous=sqlite_synchronous.upper())
     scheme = url.split(":", 1)[0]
-    raise ValueError(f"unsupported database URL scheme {scheme!r} (expected sqlite)")
+    if scheme in ("postgres", "postgresql"):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ValueError(f"unsupported database URL scheme {scheme!r} (expected sqlite or postgres)")

@@ -1,15 +1,21 @@
 """The storage interface: one ``Store`` per node, chosen by URL scheme.
 
 The hub, the protocol code and the HTTP routes talk only to this interface,
-so a backend (SQLite today, PostgreSQL next) slots in without touching them.
+so a backend (SQLite, PostgreSQL) slots in without touching them.
 Group commit lives above it (``server.commits``): a backend only needs to
 write a whole batch in one transaction.
+
+A store that several nodes share (PostgreSQL) also offers a ``Feed``: the
+messages every node stores, in commit order, which ``server.cluster`` hands
+to this node's hub. A store only one node uses (SQLite) has none: a node
+delivers its own messages itself, right after their commit.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 
@@ -84,6 +90,36 @@ class AccountStore(abc.ABC):
         """
 
 
+class Feed(abc.ABC):
+    """The messages that the other nodes sharing a store commit to it, in commit order.
+
+    Call ``open`` once, then ``next_batch`` in a loop; ``close`` at the end.
+    The feed starts at the newest message stored when it opens: it returns
+    every message stored after that by another node, each exactly once.
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and take the newest stored message as the starting point.
+
+        Raises ``StoreError`` when the store is unreachable.
+        """
+
+    @abc.abstractmethod
+    async def next_batch(self) -> Sequence[Message]:
+        """Wait a little for messages stored after the last batch; return them in commit order.
+
+        Returns an empty batch when none came within the feed's poll interval
+        (the store answered: the feed is healthy). Raises ``StoreError`` when
+        the store fails; the position is kept, so a later call (which
+        reconnects) returns everything stored meanwhile, once.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect. Idempotent; a pending ``next_batch`` raises ``StoreError``."""
+
+
 class Store(abc.ABC):
     """Durable storage of messages and accounts for one node."""
 
@@ -111,3 +147,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the store answers."""
+
+    def feed(self, *, skip_origin: str) -> Feed | None:
+        """A new ``Feed`` of what the other nodes store (``origin`` other than ``skip_origin``).
+
+        ``None`` when only this node uses the store.
+        """
+        return None
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        """Hold the store-wide lock ``name`` while the block runs, if no other node holds it.
+
+        Yields ``True`` when this node got the lock, ``False`` when another
+        node holds it (the block should then skip its work). A store only one
+        node uses always yields ``True``. Raises ``StoreError`` when the store
+        is unreachable.
+        """
+        yield True

@@ -24,7 +24,7 @@ AUTH_TABLES = ("users", "_superusers")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS _pubsub_messages (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    id        TEXT NOT NULL UNIQUE,
+    id        TEXT NOT NULL,
     topic     TEXT NOT NULL,
     payload   TEXT NOT NULL,
     origin    TEXT NOT NULL,
@@ -62,7 +62,9 @@ _RECORD_COLUMNS = "id, email, password, tokenKey, verified, emailVisibility, nam
 class SqliteStore(Store):
     """A ``Store`` on one SQLite file (``data.db`` in the data folder)."""
 
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         self.path = path
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")

@@ -1,0 +1,766 @@
+"""Cross-node delivery through PostgreSQL: latency, the cross-node path's throughput, and
+acked publishes, each beside its single-node figure from the same run.
+
+    uv run python -m bench.cluster --pg postgres://root@127.0.0.1:5432/test
+
+Each phase runs on a fresh database created on the ``--pg`` server (an admin URL; the
+database is named ``bench_cluster_<random>`` and dropped after), with fresh nodes:
+
+latency   ``--nodes`` nodes (default 3) on one database. One publisher connection per node,
+          open loop at ``--rate`` msg/s in all, spread evenly over the nodes (each message
+          carries its scheduled send time: a late send counts as latency);
+          ``--subscribers`` per node on the topic, so every message is delivered on its own
+          node and across nodes. Reported separately: cross-node and same-node p50/p99/max
+          publish-to-delivery, and lost / duplicated / out-of-order deliveries. The same
+          load on one node, on PostgreSQL and on SQLite, gives the single-node figures.
+path      the cross-node path alone: this process stores rows as another node would (the
+          same ``_pubsub_append``: lock, multi-row insert, notify; ``--path-batch`` rows per
+          transaction) at each of ``--path-rates`` msg/s for ``--path-step`` s; one
+          subscriber per node counts what its node delivers and when.
+publish   acked publishes/s with 1 and 64 concurrent publishers on one node (the C load
+          generator of ``bench.publish``), on PostgreSQL and on SQLite.
+
+The nodes are not pinned (three nodes and PostgreSQL share the machine's cores with the
+load generator); the C load generator of the publish phase is pinned like in
+``bench.publish``. Every subprocess is ended on exit, error, Ctrl-C or SIGTERM, every
+database this benchmark created is dropped, and every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import orjson
+
+from .common import (
+    CLK_TCK,
+    SERVER_KINDS,
+    SUPERUSER_EMAIL,
+    SUPERUSER_PASSWORD,
+    BenchError,
+    Json,
+    LoadGen,
+    LoadgenOptions,
+    Server,
+    ServerOptions,
+    bosbase_exe,
+    ensure_loadgen,
+    fmt,
+    machine_info,
+    managed,
+    print_table,
+    write_result,
+)
+from .publish import run_acked
+
+TOPIC = "bench"
+DEFAULT_PG = "postgres://root@127.0.0.1:5432/test"
+
+
+# --------------------------------------------------------------------------- databases
+
+
+def _with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(admin_url: str) -> AsyncIterator[str]:
+    """A new database on the admin URL's server, dropped on exit."""
+    name = f"bench_cluster_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield _with_database(admin_url, name)
+    finally:
+        admin = await asyncpg.connect(admin_url, timeout=10)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def make_superuser(db_url: str) -> None:
+    """The bench superuser, in the database, before any node starts (their sign-in uses it)."""
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-cli-") as folder:
+        cmd = [*bosbase_exe(), "superuser", "upsert", SUPERUSER_EMAIL, SUPERUSER_PASSWORD]
+        res = subprocess.run(
+            [*cmd, "--dir", folder, "--db", db_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    if res.returncode != 0:
+        raise BenchError(f"superuser upsert failed: {res.stderr or res.stdout}")
+
+
+@contextlib.contextmanager
+def nodes(
+    count: int, db_url: str | None, workdir: Path, *, cpu: str | None = None
+) -> Iterator[list[Server]]:
+    """``count`` bosbase nodes on ``db_url`` (``None``: one node on its own SQLite file)."""
+    extra = ["--db", db_url] if db_url else []
+    started: list[Server] = []
+    try:
+        for _ in range(count):
+            server = Server(
+                SERVER_KINDS["bosbase"], ServerOptions(cpu=cpu, extra_args=extra), workdir
+            )
+            started.append(server)
+            server.start()
+        yield started
+    finally:
+        for server in started:
+            server.stop()
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def postgres_cpu_seconds() -> float:
+    """utime+stime of every local ``postgres`` process (0 when PostgreSQL is elsewhere)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def percentiles(samples: Sequence[float]) -> Json:
+    if not samples:
+        return {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {
+        "count": len(ordered),
+        "p50_ms": round(at(0.50), 3),
+        "p99_ms": round(at(0.99), 3),
+        "max_ms": round(ordered[-1], 3),
+    }
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@dataclass
+class Subscriber:
+    """One WebSocket subscribed to the topic on node ``node``; times every delivery."""
+
+    node: int
+    ws: aiohttp.ClientWebSocketResponse
+    cross_ms: list[float] = field(default_factory=list)
+    same_ms: list[float] = field(default_factory=list)
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    last_seq: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    last_arrival: float = 0.0
+
+    async def read(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            arrived = time.monotonic_ns()
+            frame = orjson.loads(msg.data)
+            if frame.get("type") != "message":
+                continue
+            data = frame["data"]
+            origin, seq = data["o"], data["s"]
+            key = (origin, seq)
+            if key in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(key)
+            self.count += 1
+            self.last_arrival = time.monotonic()
+            if seq < self.last_seq.get(origin, -1):
+                self.reordered += 1
+            self.last_seq[origin] = seq
+            latency = (arrived - data["t"]) / 1e6
+            (self.same_ms if origin == self.node else self.cross_ms).append(latency)
+
+
+async def connect(
+    session: aiohttp.ClientSession, server: Server, token: str | None = None
+) -> aiohttp.ClientWebSocketResponse:
+    headers = {"Authorization": token} if token else {}
+    ws = await session.ws_connect(
+        f"ws://127.0.0.1:{server.port}/api/pubsub", headers=headers, max_msg_size=0
+    )
+    ready = await asyncio.wait_for(ws.receive_json(), 10)
+    if ready.get("type") != "ready":
+        raise BenchError(f"expected ready, got {ready}")
+    return ws
+
+
+async def subscribe(ws: aiohttp.ClientWebSocketResponse) -> None:
+    await ws.send_str(
+        orjson.dumps({"type": "subscribe", "topic": TOPIC, "requestId": "s"}).decode()
+    )
+    reply = await asyncio.wait_for(ws.receive_json(), 10)
+    if reply.get("type") != "subscribed":
+        raise BenchError(f"subscribe failed: {reply}")
+
+
+@dataclass
+class Publisher:
+    node: int
+    ws: aiohttp.ClientWebSocketResponse
+    seq: int = 0
+    acks: int = 0
+    errors: int = 0
+    first_error: str = ""
+
+    async def read(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            reply = orjson.loads(msg.data)
+            if reply.get("type") == "published":
+                self.acks += 1
+            elif reply.get("type") == "error":
+                self.errors += 1
+                self.first_error = self.first_error or str(reply.get("message"))
+
+
+async def wait_until(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- latency
+
+
+async def run_latency(
+    servers: Sequence[Server], *, rate: float, duration: float, subscribers: int, drain: float
+) -> Json:
+    """Open-loop publishing spread over ``servers``; every subscriber times every delivery."""
+    tasks: list[asyncio.Task[None]] = []
+    async with aiohttp.ClientSession() as session:
+        subs: list[Subscriber] = []
+        for index, server in enumerate(servers):
+            for _ in range(subscribers):
+                ws = await connect(session, server)
+                await subscribe(ws)
+                subs.append(Subscriber(index, ws))
+        pubs = [
+            Publisher(index, await connect(session, server, server.token))
+            for index, server in enumerate(servers)
+        ]
+        tasks = [asyncio.create_task(x.read()) for x in [*subs, *pubs]]
+        try:
+            total = int(rate * duration)
+            interval = 1e9 / rate
+            start = time.monotonic_ns() + 50_000_000
+            sent = 0
+            while sent < total:
+                now = time.monotonic_ns()
+                due_count = min(total, int((now - start) / interval) + 1) if now >= start else 0
+                while sent < due_count:
+                    publisher = pubs[sent % len(pubs)]
+                    due = int(start + sent * interval)
+                    envelope = {
+                        "type": "publish",
+                        "topic": TOPIC,
+                        "requestId": str(sent),
+                        "data": {"o": publisher.node, "s": publisher.seq, "t": due},
+                    }
+                    publisher.seq += 1
+                    await publisher.ws.send_bytes(orjson.dumps(envelope))
+                    sent += 1
+                next_due = start + sent * interval
+                await asyncio.sleep(max(0.0, (next_due - time.monotonic_ns()) / 1e9))
+            window = (time.monotonic_ns() - start) / 1e9
+            await wait_until(lambda: sum(p.acks + p.errors for p in pubs) >= total, drain)
+            acked = sum(p.acks for p in pubs)
+            await wait_until(lambda: all(s.count >= acked for s in subs), drain)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    cross = [x for s in subs for x in s.cross_ms]
+    same = [x for s in subs for x in s.same_ms]
+    return {
+        "nodes": len(servers),
+        "rate": rate,
+        "sent": total,
+        "send_window_s": round(window, 3),
+        "acked": acked,
+        "errors": sum(p.errors for p in pubs),
+        "first_error": next((p.first_error for p in pubs if p.first_error), ""),
+        "subscribers": len(subs),
+        "lost": sum(max(0, acked - s.count) for s in subs),
+        "duplicates": sum(s.duplicates for s in subs),
+        "reordered": sum(s.reordered for s in subs),
+        "cross_node": percentiles(cross),
+        "same_node": percentiles(same),
+    }
+
+
+# --------------------------------------------------------------------------- path
+
+
+async def run_path(
+    servers: Sequence[Server], db_url: str, *, rates: Sequence[float], step: float, batch: int
+) -> list[Json]:
+    """This process stores rows as a node would; each node's subscriber times them."""
+    steps: list[Json] = []
+    writer = await asyncpg.connect(db_url)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            subs = []
+            for index, server in enumerate(servers):
+                ws = await connect(session, server)
+                await subscribe(ws)
+                # Node index -1 for the writer: every delivery here is cross-node.
+                subs.append(Subscriber(index, ws))
+            tasks = [asyncio.create_task(s.read()) for s in subs]
+            seq = 0
+            for rate in rates:
+                before = [s.count for s in subs]
+                cross_before = [len(s.cross_ms) for s in subs]
+                total = int(rate * step)
+                interval = 1e9 * batch / rate
+                start = time.monotonic_ns()
+                written = 0
+                behind = False
+                while written < total:
+                    due = int(start + (written // batch) * interval)
+                    wait = (due - time.monotonic_ns()) / 1e9
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    elif wait < -1.0:
+                        behind = True  # the writer itself cannot keep this rate
+                    n = min(batch, total - written)
+                    ids = [secrets.token_hex(8)[:15] for _ in range(n)]
+                    payloads = [
+                        orjson.dumps({"o": -1, "s": seq + k, "t": due}).decode() for k in range(n)
+                    ]
+                    created = time.strftime("%Y-%m-%d %H:%M:%S.000Z", time.gmtime())
+                    await writer.execute(
+                        "SELECT _pubsub_append($1, $2, $3, $4, $5, $6)",
+                        ids,
+                        [TOPIC] * n,
+                        payloads,
+                        ["bench-writer"] * n,
+                        [None] * n,
+                        [created] * n,
+                    )
+                    seq += n
+                    written += n
+                write_window = (time.monotonic_ns() - start) / 1e9
+
+                def caught_up(b: list[int] = before, t: int = total) -> bool:
+                    return all(s.count - c >= t for s, c in zip(subs, b, strict=True))
+
+                await wait_until(caught_up, max(5.0, step))
+                delivered = [s.count - c for s, c in zip(subs, before, strict=True)]
+                latencies = [
+                    x for s, c in zip(subs, cross_before, strict=True) for x in s.cross_ms[c:]
+                ]
+                last = max(s.last_arrival for s in subs)
+                deliver_window = max(write_window, last - start / 1e9)
+                steps.append(
+                    {
+                        "rate": rate,
+                        "written": written,
+                        "write_window_s": round(write_window, 3),
+                        "writer_behind": behind,
+                        "delivered_per_node": delivered,
+                        "delivered_per_s_per_node": round(min(delivered) / deliver_window, 1),
+                        "lost": sum(max(0, written - d) for d in delivered),
+                        "duplicates": sum(s.duplicates for s in subs),
+                        "latency": percentiles(latencies),
+                    }
+                )
+                print(f"    path {rate:,.0f} msg/s: {steps[-1]}", file=sys.stderr)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await writer.close()
+    return steps
+
+
+# --------------------------------------------------------------------------- xnode
+
+
+@dataclass
+class LoadgenSubscriber:
+    """A subscriber on another node than the C load generator's publishers: counts and times
+    their messages (data ``{"bs": step, "bq": seq, "bt": send time in CLOCK_MONOTONIC ns}``)."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    latencies: list[float] = field(default_factory=list)
+    seen: set[tuple[int, int]] = field(default_factory=set)
+    duplicates: int = 0
+
+    async def read(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            arrived = time.monotonic_ns()
+            frame = orjson.loads(msg.data)
+            if frame.get("type") != "message":
+                continue
+            data = frame["data"]
+            key = (data["bs"], data["bq"])
+            if key in self.seen:
+                self.duplicates += 1
+                continue
+            self.seen.add(key)
+            self.latencies.append((arrived - data["bt"]) / 1e6)
+
+
+async def run_xnode(servers: Sequence[Server], args: argparse.Namespace) -> Json:
+    """64 closed-loop publishers on node 0 (the C load generator); node 1.. deliver."""
+    conc = max(args.concurrency)
+    opts = LoadgenOptions(cpu=args.loadgen_cpu or None, payload=args.payload)
+    tasks: list[asyncio.Task[None]] = []
+    async with aiohttp.ClientSession() as session:
+        subs = []
+        for server in servers[1:]:
+            ws = await connect(session, server)
+            await subscribe(ws)
+            subs.append(LoadgenSubscriber(ws))
+        tasks = [asyncio.create_task(s.read()) for s in subs]
+        try:
+            with LoadGen(servers[0], 0, conc, opts) as lg:
+                await asyncio.to_thread(lg.expect, "ready", 180)
+                lg.send(f"acked {conc} {args.publish_duration}")
+                result = await asyncio.to_thread(lg.expect, "acked", args.publish_duration + 60)
+            acks = result["acks"]
+            started = time.monotonic()
+            await wait_until(lambda: all(len(s.seen) >= acks for s in subs), args.drain)
+            drain = time.monotonic() - started
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    window = result["seconds"] + drain
+    return {
+        "nodes": len(servers),
+        "publishers": conc,
+        "acks_per_s": result["acks_per_s"],
+        "acks": acks,
+        "errors": result["errors"],
+        "delivered_per_node": [len(s.seen) for s in subs],
+        "delivered_per_s_per_node": round(min(len(s.seen) for s in subs) / window, 1),
+        "drain_s": round(drain, 3),
+        "lost": sum(max(0, acks - len(s.seen)) for s in subs),
+        "duplicates": sum(s.duplicates for s in subs),
+        "latency": percentiles([x for s in subs for x in s.latencies]),
+    }
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def run_publish(db_url: str | None, workdir: Path, args: argparse.Namespace) -> Json:
+    """Acked publishes on one node (the C load generator, as ``bench.publish`` runs it)."""
+    out: Json = {}
+    with nodes(1, db_url, workdir, cpu=args.server_cpu or None) as [server]:
+        opts = LoadgenOptions(cpu=args.loadgen_cpu or None, payload=args.payload)
+        with LoadGen(server, 0, max(args.concurrency), opts) as lg:
+            lg.expect("ready", 180)
+            for conc in args.concurrency:
+                lg.send(f"acked {conc} {args.warmup}")
+                lg.expect("acked", args.warmup + 60)
+                pg_before, wall_before = postgres_cpu_seconds(), time.monotonic()
+                result = run_acked(lg, server, conc, args.publish_duration)
+                pg_cpu = postgres_cpu_seconds() - pg_before
+                result["postgres_util"] = pg_cpu / (time.monotonic() - wall_before)
+                result.pop("raw", None)
+                out[str(conc)] = result
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--pg",
+        default=os.environ.get("BOSBASE_PUBSUB_BENCH_PG")
+        or os.environ.get("BOSBASE_PUBSUB_TEST_PG")
+        or DEFAULT_PG,
+        help="admin URL of the PostgreSQL server to create the benchmark databases on",
+    )
+    p.add_argument("--phases", default="latency,path,xnode,publish", help="comma list")
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--rate", default="1000", help="comma list of msg/s for the latency phase")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per latency run")
+    p.add_argument("--subscribers", type=int, default=2, help="subscribers per node")
+    p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for stragglers")
+    p.add_argument("--path-rates", default="5000,10000,20000,40000", help="msg/s steps")
+    p.add_argument("--path-step", type=float, default=5.0, help="seconds per path step")
+    p.add_argument("--path-batch", type=int, default=200, help="rows per stored transaction")
+    p.add_argument("--concurrency", default="1,64", help="publishers for the publish phase")
+    p.add_argument("--publish-duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--payload", type=int, default=64)
+    p.add_argument("--server-cpu", default="0", help="taskset CPUs of the publish-phase node")
+    p.add_argument("--loadgen-cpu", default="1", help="taskset CPUs of the C load generator")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    args.rate = [float(x) for x in str(args.rate).split(",") if x.strip()]
+    args.path_rates = [float(x) for x in str(args.path_rates).split(",") if x.strip()]
+    args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+    phases = {x.strip() for x in args.phases.split(",") if x.strip()}
+    if not phases <= {"latency", "path", "xnode", "publish"}:
+        p.error("--phases: latency, path, xnode, publish")
+    if not (
+        1 <= args.nodes <= 8
+        and all(0 < r <= 50_000 for r in args.rate)
+        and all(0 < r <= 200_000 for r in args.path_rates)
+        and 0 < args.duration <= 600
+        and 0 < args.path_step <= 120
+        and 1 <= args.path_batch <= 5000
+        and 0 <= args.subscribers <= 100
+    ):
+        p.error("out of range (see --help)")
+    results: Json = {}
+    with managed(), tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        workdir = Path(tmp)
+        if phases & {"publish", "xnode"}:
+            ensure_loadgen()
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(_run(args, phases, workdir, results))
+        else:
+            uvloop.run(_run(args, phases, workdir, results))
+    report(args, results)
+    out = write_result(
+        "cluster",
+        {
+            "benchmark": "cluster",
+            "machine": machine_info(),
+            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "results": results,
+        },
+        args.out,
+    )
+    print(f"\nresults: {out}")
+    return 0
+
+
+async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, results: Json) -> None:
+    admin = args.pg
+    if "latency" in phases:
+        results["latency"] = {}
+        for label, count, on_postgres in [
+            (f"postgres x{args.nodes}", args.nodes, True),
+            ("postgres x1", 1, True),
+            ("sqlite x1", 1, False),
+        ]:
+            for rate in args.rate:
+                print(f"[latency] {label} at {rate:,.0f} msg/s", file=sys.stderr)
+                async with contextlib.AsyncExitStack() as stack:
+                    db_url = None
+                    if on_postgres:
+                        db_url = await stack.enter_async_context(fresh_database(admin))
+                        await asyncio.to_thread(make_superuser, db_url)
+                    with nodes(count, db_url, workdir) as servers:
+                        result = await run_latency(
+                            servers,
+                            rate=rate,
+                            duration=args.duration,
+                            subscribers=args.subscribers,
+                            drain=args.drain,
+                        )
+                results["latency"].setdefault(label, []).append(result)
+                print(f"    {result}", file=sys.stderr)
+    if "path" in phases:
+        print(f"[path] {args.nodes} nodes", file=sys.stderr)
+        async with fresh_database(admin) as db_url:
+            await asyncio.to_thread(make_superuser, db_url)
+            with nodes(args.nodes, db_url, workdir) as servers:
+                results["path"] = await run_path(
+                    servers,
+                    db_url,
+                    rates=args.path_rates,
+                    step=args.path_step,
+                    batch=args.path_batch,
+                )
+    if "xnode" in phases:
+        print(f"[xnode] {args.nodes} nodes", file=sys.stderr)
+        async with fresh_database(admin) as db_url:
+            await asyncio.to_thread(make_superuser, db_url)
+            with nodes(args.nodes, db_url, workdir) as servers:
+                results["xnode"] = await run_xnode(servers, args)
+        print(f"    {results['xnode']}", file=sys.stderr)
+    if "publish" in phases:
+        results["publish"] = {}
+        for label, on_postgres in [("postgres", True), ("sqlite", False)]:
+            print(f"[publish] {label}", file=sys.stderr)
+            async with contextlib.AsyncExitStack() as stack:
+                db_url = None
+                if on_postgres:
+                    db_url = await stack.enter_async_context(fresh_database(admin))
+                    await asyncio.to_thread(make_superuser, db_url)
+                results["publish"][label] = await asyncio.to_thread(
+                    run_publish, db_url, workdir, args
+                )
+            print(f"    {results['publish'][label]}", file=sys.stderr)
+
+
+def report(args: argparse.Namespace, results: Json) -> None:
+    if "latency" in results:
+        print(
+            f"\nLatency: open loop, {args.duration:g} s per run, {args.subscribers} subscribers"
+            " per node, publishers spread over the nodes"
+        )
+        rows = []
+        for label, runs in results["latency"].items():
+            for r in runs:
+                for kind in ("cross_node", "same_node"):
+                    lat = r[kind]
+                    if not lat["count"]:
+                        continue
+                    rows.append(
+                        [
+                            label,
+                            kind.replace("_", "-"),
+                            fmt(r["rate"]),
+                            fmt(lat["count"]),
+                            fmt(lat["p50_ms"], ".2f"),
+                            fmt(lat["p99_ms"], ".2f"),
+                            fmt(lat["max_ms"], ".1f"),
+                            fmt(r["lost"]),
+                            fmt(r["duplicates"]),
+                            fmt(r["reordered"]),
+                            fmt(r["errors"]),
+                        ]
+                    )
+        print_table(
+            [
+                "store x nodes",
+                "delivery",
+                "msg/s",
+                "deliveries",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "lost",
+                "dup",
+                "reordered",
+                "errors",
+            ],
+            rows,
+        )
+    if "path" in results:
+        print(
+            f"\nCross-node path: rows stored by another writer ({args.path_batch} per"
+            f" transaction), delivered by each of {args.nodes} nodes to one subscriber"
+        )
+        print_table(
+            ["offered msg/s", "delivered/s/node", "p50 ms", "p99 ms", "max ms", "lost", "dup"],
+            [
+                [
+                    fmt(s["rate"]),
+                    fmt(s["delivered_per_s_per_node"]),
+                    fmt(s["latency"]["p50_ms"], ".2f"),
+                    fmt(s["latency"]["p99_ms"], ".2f"),
+                    fmt(s["latency"]["max_ms"], ".1f"),
+                    fmt(s["lost"]),
+                    fmt(s["duplicates"]),
+                ]
+                for s in results["path"]
+            ],
+        )
+    if "xnode" in results:
+        x = results["xnode"]
+        print(
+            f"\nEnd to end across nodes: {x['publishers']} closed-loop publishers on node 1,"
+            f" one subscriber on each of nodes 2..{x['nodes']}"
+        )
+        print_table(
+            ["acks/s", "delivered/s/node", "p50 ms", "p99 ms", "max ms", "lost", "dup", "errors"],
+            [
+                [
+                    fmt(x["acks_per_s"]),
+                    fmt(x["delivered_per_s_per_node"]),
+                    fmt(x["latency"]["p50_ms"], ".2f"),
+                    fmt(x["latency"]["p99_ms"], ".2f"),
+                    fmt(x["latency"]["max_ms"], ".1f"),
+                    fmt(x["lost"]),
+                    fmt(x["duplicates"]),
+                    fmt(x["errors"]),
+                ]
+            ],
+        )
+    if "publish" in results:
+        print("\nAcked publishes on one node (C load generator, closed loop)")
+        rows = []
+        for label, by_conc in results["publish"].items():
+            for conc, r in by_conc.items():
+                rows.append(
+                    [
+                        label,
+                        conc,
+                        fmt(r["acks_per_s"]),
+                        fmt(r["p50_ms"], ".2f"),
+                        fmt(r["p99_ms"], ".2f"),
+                        fmt(r["errors"]),
+                        fmt(r["server_us_per_ack"], ".1f"),
+                        fmt((r["server_util"] or 0) * 100, ".0f"),
+                        fmt(r["postgres_util"] * 100, ".0f") if label == "postgres" else "-",
+                    ]
+                )
+        print_table(
+            [
+                "store",
+                "publishers",
+                "acks/s",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "srv us/ack",
+                "srv CPU%",
+                "postgres CPU%",
+            ],
+            rows,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,457 @@
+"""The shared backend: one PostgreSQL database for any number of nodes.
+
+Messages, accounts and the signing secrets all live in the database, so
+nodes can start, stop or crash independently, and a token issued by one
+node verifies on every other.
+
+The cross-node cursor (``postgres_feed``) rests on one invariant, which
+this module's writer keeps:
+
+    Rows of ``_pubsub_messages`` become visible in ``seq`` order.
+
+Every batch is stored by one call of the SQL function ``_pubsub_append``,
+that is one statement and so one transaction, which (1) takes the
+transaction-level advisory lock ``APPEND_LOCK``, (2) inserts the batch,
+drawing ``seq`` from an identity with ``CACHE 1`` (so values are handed out
+in the order they are drawn, across sessions), (3) notifies the feeds, and
+(4) commits. PostgreSQL releases a transaction's locks only after its
+commit is visible to every new snapshot, so the next batch draws its
+``seq`` values only once this one is visible: ``seq`` order is commit
+order. At any moment, every row that is not visible yet will have a larger
+``seq`` than every visible one, so a reader that has read up to ``n`` never
+needs to look below ``n`` again. A late commit cannot be skipped, whatever
+order the nodes assigned ids and timestamps in.
+
+The lock is held for the insert and the commit only, server-side, in one
+round trip: no node can stall the others by pausing while holding it.
+
+Connections per node: one for appends (the hot path: no pool round trips),
+a small pool for accounts, pruning, locks and health, and one for each feed
+(it LISTENs). Every asyncpg or socket error is translated into
+``StoreError`` in one place, ``translate_errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from .base import AccountStore, AuthRecord, DuplicateRecordError, Feed, Message, Store, StoreError
+
+log = logging.getLogger("bosbase_pubsub.storage.postgres")
+
+AUTH_TABLES = ("users", "_superusers")
+
+CHANNEL = "_pubsub_messages"
+"""The LISTEN/NOTIFY channel. A notification only wakes the feeds: its payload is the
+id of the node that stored the batch, never the messages."""
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection before giving up (the store is then unreachable)."""
+QUERY_TIMEOUT = 10.0
+"""Seconds any statement may take before the store counts as failed."""
+RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
+"""Bounds, in seconds, of the writer's reconnect backoff; appends fail fast in between."""
+
+
+def lock_key(name: str) -> int:
+    """The 64-bit advisory lock key for ``name``, the same on every node."""
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+SCHEMA_LOCK = lock_key("bosbase_pubsub.schema")
+APPEND_LOCK = lock_key("bosbase_pubsub.append")
+
+_SCHEMA_VERSION_PARAM = "pubsub.schemaVersion"
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: messages, accounts, and the append function.
+    """
+CREATE TABLE IF NOT EXISTS _pubsub_messages (
+    -- CACHE 1 matters: a cache would let a session hand out values it drew
+    -- earlier, and seq order would no longer be commit order.
+    seq         BIGINT GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
+    -- Random 15-character ids, unique in practice; like the SQLite schema, not
+    -- indexed (an index would cost every insert and nothing reads by id).
+    id          TEXT NOT NULL,
+    topic       TEXT NOT NULL,
+    payload     JSON NOT NULL,
+    origin      TEXT NOT NULL,
+    "createdBy" TEXT,
+    created     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_pubsub_messages_created ON _pubsub_messages (created);
+CREATE INDEX IF NOT EXISTS idx_pubsub_messages_topic_created
+    ON _pubsub_messages (topic, created);
+"""
+    + "".join(
+        f"""
+CREATE TABLE IF NOT EXISTS {table} (
+    id                TEXT PRIMARY KEY,
+    email             TEXT NOT NULL,
+    password          TEXT NOT NULL,
+    "tokenKey"        TEXT NOT NULL,
+    verified          BOOLEAN NOT NULL DEFAULT FALSE,
+    "emailVisibility" BOOLEAN NOT NULL DEFAULT FALSE,
+    name              TEXT NOT NULL DEFAULT '',
+    created           TEXT NOT NULL,
+    updated           TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_{table}_email ON {table} (lower(email));
+"""
+        for table in AUTH_TABLES
+    )
+    + f"""
+CREATE OR REPLACE FUNCTION _pubsub_append(
+    p_ids TEXT[], p_topics TEXT[], p_payloads TEXT[], p_origins TEXT[],
+    p_creators TEXT[], p_created TEXT[]
+) RETURNS VOID LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- Released after the commit is visible: seq order is commit order.
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
+    INSERT INTO _pubsub_messages (id, topic, payload, origin, "createdBy", created)
+        SELECT u.id, u.topic, u.payload::json, u.origin, u.creator, u.created
+        FROM unnest(p_ids, p_topics, p_payloads, p_origins, p_creators, p_created)
+            WITH ORDINALITY AS u(id, topic, payload, origin, creator, created, n)
+        ORDER BY u.n;
+    -- The payload names the storing node (never the messages): nodes ignore their own.
+    PERFORM pg_notify('{CHANNEL}', p_origins[1]);
+END
+$fn$;
+""",
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_APPEND = "SELECT _pubsub_append($1, $2, $3, $4, $5, $6)"
+
+_RECORD_COLUMNS = (
+    'id, email, password, "tokenKey", verified, "emailVisibility", name, created, updated'
+)
+
+_TRANSLATED: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # Raised, for one, by a connection the server just cut while it was idle.
+    asyncpg.exceptions.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+@contextlib.contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Turn driver and socket errors into ``StoreError`` (the one place that does)."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as error:
+        raise DuplicateRecordError(f"postgres: {action}: {error}") from error
+    except _TRANSLATED as error:
+        detail = str(error) or type(error).__name__
+        raise StoreError(f"postgres: {action}: {detail}") from error
+
+
+def _connection_is_broken(connection: asyncpg.Connection[Any], error: BaseException) -> bool:
+    """Whether ``connection`` must be replaced after ``error`` (rather than reused)."""
+    if connection.is_closed():
+        return True
+    # A timeout leaves the statement's outcome and the session's state unknown.
+    return not isinstance(error, asyncpg.PostgresError) or isinstance(
+        error, asyncpg.PostgresConnectionError
+    )
+
+
+class PostgresStore(Store):
+    """A ``Store`` on a PostgreSQL database that any number of nodes share.
+
+    ``url`` is a libpq-style URL, ``postgres://USER:PASSWORD@HOST:PORT/DATABASE``
+    (``postgresql://`` too); a password may also come from ``PGPASSWORD`` or
+    ``~/.pgpass``.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+        self.url = url
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._writer: asyncpg.Connection[Any] | None = None
+        self._writer_retry_at = 0.0
+        self._writer_delay = RECONNECT_MIN
+        self._closed = False
+        self.accounts = PostgresAccounts(self)
+
+    # ------------------------------------------------------------------ connections
+
+    async def connect(self) -> asyncpg.Connection[Any]:
+        """A new connection of its own (the caller closes it). Raises ``StoreError``."""
+        with translate_errors("connect"):
+            return await asyncpg.connect(
+                self.url,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=QUERY_TIMEOUT,
+                server_settings={"application_name": "bosbase-pubsub"},
+            )
+
+    @property
+    def pool(self) -> asyncpg.Pool[Any]:
+        if self._pool is None or self._closed:
+            raise StoreError("the store is closed")
+        return self._pool
+
+    async def open(self) -> None:
+        with translate_errors("open"):
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=QUERY_TIMEOUT,
+                server_settings={"application_name": "bosbase-pubsub"},
+            )
+        try:
+            await self._migrate()
+            self._writer = await self.connect()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        """Create or upgrade the schema; safe when several nodes start at once."""
+        with translate_errors("schema"):
+            async with self.pool.acquire() as connection, connection.transaction():
+                # Nodes starting together queue here; each finds the work done.
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                await connection.execute(
+                    "CREATE TABLE IF NOT EXISTS _params (id TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                )
+                stored = await connection.fetchval(
+                    "SELECT value FROM _params WHERE id = $1", _SCHEMA_VERSION_PARAM
+                )
+                version = int(stored) if stored is not None else 0
+                if version > SCHEMA_VERSION:
+                    log.warning(
+                        "the database schema (version %d) is newer than this server's (%d)",
+                        version,
+                        SCHEMA_VERSION,
+                    )
+                for step in _MIGRATIONS[version:]:
+                    await connection.execute(step)
+                if version < SCHEMA_VERSION:
+                    await connection.execute(
+                        "INSERT INTO _params (id, value) VALUES ($1, $2)"
+                        " ON CONFLICT (id) DO UPDATE SET value = EXCLUDED.value",
+                        _SCHEMA_VERSION_PARAM,
+                        str(SCHEMA_VERSION),
+                    )
+                    log.info("database schema at version %d", SCHEMA_VERSION)
+                # The cursor is only safe if seq values are handed out in draw order.
+                cache = await connection.fetchval(
+                    "SELECT seqcache FROM pg_sequence WHERE seqrelid ="
+                    " pg_get_serial_sequence('_pubsub_messages', 'seq')::regclass"
+                )
+        if cache != 1:
+            raise StoreError(
+                "postgres: the sequence of _pubsub_messages.seq must have CACHE 1"
+                f" (it has {cache}): ALTER TABLE _pubsub_messages ALTER seq SET CACHE 1"
+            )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            with contextlib.suppress(*_TRANSLATED):
+                await asyncio.wait_for(writer.close(), CONNECT_TIMEOUT)
+            writer.terminate()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
+            except Exception:  # timed out or broken: close the sockets without a goodbye
+                pool.terminate()
+
+    async def _writer_connection(self) -> asyncpg.Connection[Any]:
+        """The append connection, reconnected (with backoff) if it was lost."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        writer = self._writer
+        if writer is not None and not writer.is_closed():
+            return writer
+        self._writer = None
+        now = time.monotonic()
+        if now < self._writer_retry_at:
+            # Fail fast between attempts rather than queue publishes behind connects.
+            raise StoreError("postgres: unreachable (reconnecting)")
+        try:
+            writer = await self.connect()
+        except StoreError:
+            self._writer_retry_at = time.monotonic() + self._writer_delay
+            self._writer_delay = min(self._writer_delay * 2, RECONNECT_MAX)
+            raise
+        self._writer_delay = RECONNECT_MIN
+        self._writer_retry_at = 0.0
+        if self._closed:
+            writer.terminate()
+            raise StoreError("the store is closed")
+        self._writer = writer
+        return writer
+
+    def _drop_writer(self, writer: asyncpg.Connection[Any]) -> None:
+        if self._writer is writer:
+            self._writer = None
+        writer.terminate()
+
+    # ------------------------------------------------------------------ messages
+
+    async def append(self, messages: Sequence[Message]) -> None:
+        writer = await self._writer_connection()
+        try:
+            with translate_errors("append"):
+                await writer.execute(
+                    _APPEND,
+                    [m.id for m in messages],
+                    [m.topic for m in messages],
+                    [m.data.decode() for m in messages],
+                    [m.origin for m in messages],
+                    [m.created_by for m in messages],
+                    [m.created for m in messages],
+                )
+        except StoreError as error:
+            if error.__cause__ is not None and _connection_is_broken(writer, error.__cause__):
+                self._drop_writer(writer)
+            raise
+
+    async def prune(self, before: str, limit: int) -> int:
+        with translate_errors("prune"):
+            status = await self.pool.execute(
+                "DELETE FROM _pubsub_messages WHERE seq IN"
+                " (SELECT seq FROM _pubsub_messages WHERE created < $1 ORDER BY created LIMIT $2)",
+                before,
+                limit,
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def ping(self) -> None:
+        with translate_errors("ping"):
+            await self.pool.fetchval("SELECT 1")
+
+    def feed(self, *, skip_origin: str) -> Feed:
+        from .postgres_feed import PostgresFeed
+
+        return PostgresFeed(self.connect, skip_origin=skip_origin)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        key = lock_key(f"bosbase_pubsub.exclusive.{name}")
+        with translate_errors(f"lock {name}"):
+            connection = await self.pool.acquire()
+        try:
+            with translate_errors(f"lock {name}"):
+                held = bool(await connection.fetchval("SELECT pg_try_advisory_lock($1)", key))
+            try:
+                yield held
+            finally:
+                if held:
+                    # If this fails the connection is gone, and the lock with it.
+                    with contextlib.suppress(*_TRANSLATED):
+                        await connection.execute("SELECT pg_advisory_unlock($1)", key)
+        finally:
+            with contextlib.suppress(*_TRANSLATED):
+                await self.pool.release(connection)
+
+
+class PostgresAccounts(AccountStore):
+    """Accounts and secrets in the shared database: every node sees the same ones."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+
+    @staticmethod
+    def _table(collection: str) -> str:
+        if collection not in AUTH_TABLES:
+            raise ValueError(f"not an auth collection: {collection!r}")
+        return collection
+
+    @staticmethod
+    def _record(collection: str, row: asyncpg.Record | None) -> AuthRecord | None:
+        if row is None:
+            return None
+        return AuthRecord(
+            id=row["id"],
+            collection=collection,
+            email=row["email"],
+            password_hash=row["password"],
+            token_key=row["tokenKey"],
+            verified=row["verified"],
+            email_visibility=row["emailVisibility"],
+            name=row["name"],
+            created=row["created"],
+            updated=row["updated"],
+        )
+
+    async def find_by_email(self, collection: str, email: str) -> AuthRecord | None:
+        table = self._table(collection)
+        with translate_errors("find account"):
+            row = await self._store.pool.fetchrow(
+                f"SELECT {_RECORD_COLUMNS} FROM {table} WHERE lower(email) = lower($1)", email
+            )
+        return self._record(collection, row)
+
+    async def find_by_id(self, collection: str, record_id: str) -> AuthRecord | None:
+        table = self._table(collection)
+        with translate_errors("find account"):
+            row = await self._store.pool.fetchrow(
+                f"SELECT {_RECORD_COLUMNS} FROM {table} WHERE id = $1", record_id
+            )
+        return self._record(collection, row)
+
+    async def insert(self, record: AuthRecord) -> None:
+        table = self._table(record.collection)
+        with translate_errors("insert account"):
+            await self._store.pool.execute(
+                f"INSERT INTO {table} ({_RECORD_COLUMNS})"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                record.id,
+                record.email,
+                record.password_hash,
+                record.token_key,
+                record.verified,
+                record.email_visibility,
+                record.name,
+                record.created,
+                record.updated,
+            )
+
+    async def update_password(
+        self, collection: str, record_id: str, password_hash: str, token_key: str, updated: str
+    ) -> None:
+        table = self._table(collection)
+        with translate_errors("update account"):
+            await self._store.pool.execute(
+                f'UPDATE {table} SET password = $1, "tokenKey" = $2, updated = $3 WHERE id = $4',
+                password_hash,
+                token_key,
+                updated,
+                record_id,
+            )
+
+    async def secret(self, name: str, candidate: str) -> str:
+        with translate_errors("secret"):
+            async with self._store.pool.acquire() as connection:
+                # Whichever node inserts first wins (a concurrent insert waits
+                # for it); the read, a statement of its own, sees the winner.
+                await connection.execute(
+                    "INSERT INTO _params (id, value) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                    name,
+                    candidate,
+                )
+                value = await connection.fetchval("SELECT value FROM _params WHERE id = $1", name)
+        return str(value)

@@ -1,0 +1,245 @@
+"""The PostgreSQL backend's own promises: shared schema, the feed, and its cursor invariant."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+
+from bosbase_pubsub.server.storage import Feed, Message, StoreError
+from bosbase_pubsub.server.storage.postgres import SCHEMA_VERSION, PostgresStore
+from bosbase_pubsub.server.storage.postgres_feed import PostgresFeed
+
+from ...postgres import free_port
+from .conftest import message
+
+
+@pytest.fixture
+async def stores(pg_database: str) -> AsyncIterator[list[PostgresStore]]:
+    """Two nodes' stores on one database."""
+    opened = [PostgresStore(pg_database), PostgresStore(pg_database)]
+    for store in opened:
+        await store.open()
+    yield opened
+    for store in opened:
+        await store.close()
+
+
+async def feed_of(
+    store: PostgresStore, *, poll_interval: float = 0.2, skip_origin: str = "reader"
+) -> PostgresFeed:
+    """A feed for a node named ``skip_origin`` (whose own messages it leaves out)."""
+    feed = PostgresFeed(store.connect, skip_origin=skip_origin, poll_interval=poll_interval)
+    await feed.open()
+    return feed
+
+
+async def collect(feed: Feed, count: int, timeout: float = 10.0) -> list[Message]:
+    """Read the feed until ``count`` messages came (more would be a failure: see callers)."""
+    received: list[Message] = []
+
+    async def read() -> None:
+        while len(received) < count:
+            received.extend(await feed.next_batch())
+
+    await asyncio.wait_for(read(), timeout)
+    return received
+
+
+def ids(messages: Sequence[Message]) -> list[str]:
+    return [m.id for m in messages]
+
+
+async def test_nodes_starting_together_create_the_schema_once(pg_database: str) -> None:
+    stores = [PostgresStore(pg_database) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        connection = await asyncpg.connect(pg_database)
+        try:
+            version = await connection.fetchval(
+                "SELECT value FROM _params WHERE id = 'pubsub.schemaVersion'"
+            )
+        finally:
+            await connection.close()
+        assert version == str(SCHEMA_VERSION)
+        # A node starting later finds the schema current and changes nothing.
+        late = PostgresStore(pg_database)
+        await late.open()
+        await late.close()
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_cached_sequence_is_refused(pg_database: str) -> None:
+    store = PostgresStore(pg_database)
+    await store.open()
+    await store.close()
+    connection = await asyncpg.connect(pg_database)
+    try:
+        await connection.execute("ALTER TABLE _pubsub_messages ALTER seq SET CACHE 20")
+    finally:
+        await connection.close()
+    with pytest.raises(StoreError, match="must have CACHE 1"):
+        await PostgresStore(pg_database).open()
+
+
+async def test_the_feed_starts_at_the_newest_and_returns_every_later_message_once_in_order(
+    stores: list[PostgresStore],
+) -> None:
+    a, b = stores
+    await a.append([message("before")])
+    feed = await feed_of(a)
+    try:
+        batches = [[message(origin=node) for _ in range(n)] for node, n in [("a", 3), ("b", 1)] * 3]
+        for batch in batches:
+            await (a if batch[0].origin == "a" else b).append(batch)
+        received = await collect(feed, 12)
+        assert ids(received) == [m.id for batch in batches for m in batch]
+        # Nothing more: no duplicates, and not the message stored before the feed opened.
+        assert await feed.next_batch() == []
+        assert received[0] == batches[0][0]  # every field comes back as stored
+    finally:
+        await feed.close()
+
+
+async def test_a_late_commit_is_never_skipped(
+    pg_database: str, stores: list[PostgresStore]
+) -> None:
+    """The invariant: rows become visible in seq order, so ``seq > cursor`` skips nothing.
+
+    Transaction X stores a row and stays open; node B stores another meanwhile.
+    Without the append lock, B's row (a larger seq) would commit first, the feed
+    would move past X's seq, and X's row would be lost when it committed.
+    """
+    _, b = stores
+    feed = await feed_of(b, poll_interval=0.1)
+    late, early = message(data=b'"late"', origin="x"), message(data=b'"early"', origin="b")
+    x = await asyncpg.connect(pg_database)
+    try:
+        transaction = x.transaction()
+        await transaction.start()
+        await x.execute(
+            "SELECT _pubsub_append($1, $2, $3, $4, $5, $6)",
+            [late.id],
+            [late.topic],
+            [late.data.decode()],
+            [late.origin],
+            [None],
+            [late.created],
+        )
+        appending = asyncio.create_task(b.append([early]))
+        assert await feed.next_batch() == []  # nothing is visible yet
+        await asyncio.sleep(0.2)
+        assert not appending.done(), "a second writer must wait for the first one's commit"
+        await transaction.commit()
+        await asyncio.wait_for(appending, 10)
+        received = await collect(feed, 2)
+        assert ids(received) == [late.id, early.id]
+        assert await feed.next_batch() == []
+    finally:
+        await x.close()
+        await feed.close()
+
+
+async def test_the_feed_catches_up_after_its_connection_is_cut(
+    pg_database: str, stores: list[PostgresStore]
+) -> None:
+    a, _ = stores
+    feed = await feed_of(a)
+    admin = await asyncpg.connect(pg_database)
+    try:
+        await a.append([message()])
+        first = await collect(feed, 1)
+        # Cut every connection of the nodes (as a network blip or a server restart would).
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        stored: list[Message] = []
+        for n in range(10):
+            batch = [message(data=str(n).encode())]
+            for _ in range(50):  # the writer reconnects; an append may fail while it does
+                try:
+                    await a.append(batch)
+                    break
+                except StoreError:
+                    await asyncio.sleep(0.05)
+            stored.extend(batch)
+        received: list[Message] = []
+        failures = 0
+        while len(received) < len(stored) and failures < 20:
+            try:
+                received.extend(await feed.next_batch())
+            except StoreError:
+                failures += 1
+                await asyncio.sleep(0.05)
+        assert ids(received) == ids(stored)
+        assert first[0].id not in ids(received)
+        assert await feed.next_batch() == []
+    finally:
+        await admin.close()
+        await feed.close()
+
+
+async def test_the_feed_leaves_out_the_nodes_own_messages(stores: list[PostgresStore]) -> None:
+    a, b = stores
+    feed = await feed_of(a, skip_origin="a")
+    try:
+        await a.append([message(origin="a") for _ in range(3)])
+        others = [message(origin="b")]
+        await b.append(others)
+        await a.append([message(origin="a")])
+        assert ids(await collect(feed, 1)) == ids(others)
+        # The node's own rows moved the cursor along: nothing comes back later.
+        await asyncio.sleep(0.3)
+        assert await feed.next_batch() == []
+        assert feed.position is not None
+        assert feed.position >= 5
+    finally:
+        await feed.close()
+
+
+async def test_payloads_come_back_byte_for_byte(stores: list[PostgresStore]) -> None:
+    a, _ = stores
+    feed = await feed_of(a)
+    try:
+        # The json type keeps the text: key order, duplicate keys and number spelling.
+        texts = [
+            b'{"b":1,"a":[1.0,1e2,-0.0],"b":2}',
+            b'"\\u00e9\\u0000"',
+            b"null",
+            b"12345678901234567890",
+        ]
+        await a.append([message(data=text) for text in texts])
+        assert [m.data for m in await collect(feed, len(texts))] == texts
+    finally:
+        await feed.close()
+
+
+async def test_exclusive_is_held_by_one_node_at_a_time(stores: list[PostgresStore]) -> None:
+    a, b = stores
+    async with a.exclusive("retention") as a_holds:
+        assert a_holds
+        async with b.exclusive("retention") as b_holds:
+            assert not b_holds
+        async with b.exclusive("something else") as b_holds_other:
+            assert b_holds_other
+    async with b.exclusive("retention") as b_holds:
+        assert b_holds
+
+
+async def test_accounts_and_secrets_are_shared_by_the_nodes(stores: list[PostgresStore]) -> None:
+    a, b = stores
+    assert await a.accounts.secret("s", "from-a") == "from-a"
+    assert await b.accounts.secret("s", "from-b") == "from-a"
+
+
+async def test_an_unreachable_server_is_a_store_error() -> None:
+    store = PostgresStore(f"postgres://root@127.0.0.1:{free_port()}/nothing")
+    with pytest.raises(StoreError):
+        await store.open()
+    with pytest.raises(StoreError):
+        await store.append([message()])

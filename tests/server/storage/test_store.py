@@ -1,0 +1,72 @@
+"""The ``Store`` interface, the same tests on each backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bosbase_pubsub.server.storage import Message, Store, StoreError, open_store
+
+from .conftest import message
+
+FAR_FUTURE = "9999-12-31 23:59:59.999Z"
+
+
+async def count(store: Store) -> int:
+    """How many messages are stored (by pruning them all: the interface has no reader)."""
+    return await store.prune(FAR_FUTURE, 1_000_000)
+
+
+async def test_append_then_prune_in_bounded_batches(store: Store) -> None:
+    old = [message(created=f"2000-01-01 00:00:0{n}.000Z") for n in range(5)]
+    recent = [message(), message()]
+    await store.append(old)
+    await store.append(recent)
+    cutoff = "2001-01-01 00:00:00.000Z"
+    assert [await store.prune(cutoff, 2) for _ in range(4)] == [2, 2, 1, 0]
+    assert await count(store) == 2
+
+
+async def test_a_batch_is_stored_whole_or_not_at_all(store: Store) -> None:
+    await store.append([message()])
+    broken = Message("x" * 15, None, b"2", "2000-01-01 00:00:00.000Z", "node-a", None)  # type: ignore[arg-type]
+    with pytest.raises(StoreError):
+        await store.append([message(), broken])
+    # The store still works, and the refused batch left nothing behind.
+    await store.append([message()])
+    assert await count(store) == 2
+
+
+async def test_ping_answers_and_a_closed_store_raises_store_error(store: Store) -> None:
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.append([message()])
+    with pytest.raises(StoreError):
+        await store.ping()
+
+
+async def test_exclusive_lets_this_node_in_when_nobody_else_holds_it(store: Store) -> None:
+    async with store.exclusive("retention") as ours:
+        assert ours
+    async with store.exclusive("retention") as ours:
+        assert ours
+
+
+async def test_feed_exists_only_where_nodes_share_the_store(store: Store, store_url: str) -> None:
+    feed = store.feed(skip_origin="this-node")
+    if store_url.startswith("sqlite"):
+        assert feed is None
+    else:
+        assert feed is not None
+        await feed.close()
+
+
+def test_the_backend_is_chosen_by_url_scheme(tmp_path: Path) -> None:
+    assert type(open_store(None, tmp_path)).__name__ == "SqliteStore"
+    assert type(open_store(f"sqlite:///{tmp_path}/x.db", tmp_path)).__name__ == "SqliteStore"
+    for url in ("postgres://u@h:5432/d", "postgresql://u@h/d"):
+        assert type(open_store(url, tmp_path)).__name__ == "PostgresStore"
+    with pytest.raises(ValueError, match="unsupported database URL scheme 'mysql'"):
+        open_store("mysql://u@h/d", tmp_path)
