@@ -97,7 +97,8 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
         parser,
         "--db",
         default="",
-        help="database URL; empty means the SQLite file DIR/data.db",
+        help="database URL: postgres://USER:PASSWORD@HOST:PORT/DB to share one database"
+        " between nodes; empty means the SQLite file DIR/data.db",
         metavar="URL",
     )
 
@@ -293,16 +294,22 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def _run_serve(args: argparse.Namespace) -> int:
     from .server.app import serve
     from .server.logs import configure_logging
+    from .server.storage import StoreError
 
     config = config_from_args(args)
     configure_logging(config.log_format, config.log_level)
-    _run(serve(config))
+    try:
+        _run(serve(config))
+    except (StoreError, OSError) as error:
+        # The store cannot be opened or the address is taken: one clear line, no traceback.
+        print(f"error: cannot start: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _run_account(args: argparse.Namespace) -> int:
     from .server.auth.commands import AccountError, create_user, upsert_superuser
-    from .server.storage import open_store
+    from .server.storage import StoreError, open_store
 
     store = open_store(args.db or None, Path(args.dir))
 
@@ -319,7 +326,7 @@ def _run_account(args: argparse.Namespace) -> int:
 
     try:
         print(_run(run()))
-    except AccountError as error:
+    except (AccountError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

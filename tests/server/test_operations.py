@@ -133,3 +133,11 @@ def test_the_configuration_reference_lists_every_serve_option() -> None:
     flags = set(re.findall(r"(--[a-z][a-z-]+)", cli("serve", "--help").stdout)) - {"--help"}
     missing = {flag for flag in flags if f"`{flag}" not in reference}
     assert not missing
+
+
+def test_a_store_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -> None:
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    result = cli("serve", "--db", "postgres://root@127.0.0.1:1/none", "--http", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "error: cannot start:" in result.stderr
+    assert "Traceback" not in result.stderr
