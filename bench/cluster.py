@@ -37,10 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -178,7 +177,7 @@ class Subscriber:
     """One WebSocket subscribed to the topic on node ``node``; times every delivery."""
 
     node: int
-    ws: aiohttp.ClientWebSocketResponse
+    ws: aiohttp.ClientWebSocketResponse[bool]
     cross_ms: list[float] = field(default_factory=list)
     same_ms: list[float] = field(default_factory=list)
     seen: set[tuple[int, int]] = field(default_factory=set)
@@ -214,7 +213,7 @@ class Subscriber:
 
 async def connect(
     session: aiohttp.ClientSession, server: Server, token: str | None = None
-) -> aiohttp.ClientWebSocketResponse:
+) -> aiohttp.ClientWebSocketResponse[bool]:
     headers = {"Authorization": token} if token else {}
     ws = await session.ws_connect(
         f"ws://127.0.0.1:{server.port}/api/pubsub", headers=headers, max_msg_size=0
@@ -225,7 +224,7 @@ async def connect(
     return ws
 
 
-async def subscribe(ws: aiohttp.ClientWebSocketResponse) -> None:
+async def subscribe(ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
     await ws.send_str(
         orjson.dumps({"type": "subscribe", "topic": TOPIC, "requestId": "s"}).decode()
     )
@@ -237,7 +236,7 @@ async def subscribe(ws: aiohttp.ClientWebSocketResponse) -> None:
 @dataclass
 class Publisher:
     node: int
-    ws: aiohttp.ClientWebSocketResponse
+    ws: aiohttp.ClientWebSocketResponse[bool]
     seq: int = 0
     acks: int = 0
     errors: int = 0
@@ -255,7 +254,7 @@ class Publisher:
                 self.first_error = self.first_error or str(reply.get("message"))
 
 
-async def wait_until(predicate: Any, timeout: float) -> bool:
+async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -283,7 +282,8 @@ async def run_latency(
             Publisher(index, await connect(session, server, server.token))
             for index, server in enumerate(servers)
         ]
-        tasks = [asyncio.create_task(x.read()) for x in [*subs, *pubs]]
+        readers: list[Subscriber | Publisher] = [*subs, *pubs]
+        tasks = [asyncio.create_task(x.read()) for x in readers]
         try:
             total = int(rate * duration)
             interval = 1e9 / rate
@@ -427,7 +427,7 @@ class LoadgenSubscriber:
     """A subscriber on another node than the C load generator's publishers: counts and times
     their messages (data ``{"bs": step, "bq": seq, "bt": send time in CLOCK_MONOTONIC ns}``)."""
 
-    ws: aiohttp.ClientWebSocketResponse
+    ws: aiohttp.ClientWebSocketResponse[bool]
     latencies: list[float] = field(default_factory=list)
     seen: set[tuple[int, int]] = field(default_factory=set)
     duplicates: int = 0

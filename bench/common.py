@@ -627,6 +627,32 @@ def write_result(kind: str, payload: Json, out: Path | None) -> Path:
     return out
 
 
+def finish(kind: str, args: argparse.Namespace, results: dict[str, Json]) -> int:
+    """Write the result file of a baseline-compared benchmark; exit status 1 if a server failed."""
+    out = write_result(
+        kind,
+        {
+            "benchmark": kind,
+            "machine": machine_info(),
+            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "baseline": BASELINE,
+            "servers": results,
+        },
+        args.out,
+    )
+    print(f"\nresults: {out}")
+    return 0 if all("median" in r for r in results.values()) else 1
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a benchmark's ``main`` as a script: its status, or 130 after Ctrl-C."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; servers and load generators stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def fmt(v: float | None, spec: str = ",.0f") -> str:
     return "-" if v is None else format(v, spec)
 

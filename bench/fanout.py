@@ -30,9 +30,9 @@ from .common import (
     ServerKind,
     Snapshot,
     add_common_args,
+    finish,
     fmt,
     loadgen_options,
-    machine_info,
     managed,
     median,
     other_load,
@@ -40,8 +40,8 @@ from .common import (
     prepare,
     print_table,
     ratio,
+    run_main,
     server_options,
-    write_result,
 )
 
 
@@ -319,24 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry["error"] = err
             results[kind.name] = entry
     report(results, args)
-    out = write_result(
-        "fanout-saturation" if args.saturate else "fanout",
-        {
-            "benchmark": "fanout-saturation" if args.saturate else "fanout",
-            "machine": machine_info(),
-            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "baseline": BASELINE,
-            "servers": results,
-        },
-        args.out,
-    )
-    print(f"\nresults: {out}")
-    return 0 if all("median" in r for r in results.values()) else 1
+    return finish("fanout-saturation" if args.saturate else "fanout", args, results)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers and load generators stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -26,17 +26,17 @@ from .common import (
     Server,
     ServerKind,
     add_common_args,
+    finish,
     fmt,
     loadgen_options,
-    machine_info,
     managed,
     median,
     parse_servers,
     prepare,
     print_table,
     ratio,
+    run_main,
     server_options,
-    write_result,
 )
 
 
@@ -152,24 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         ],
         rows,
     )
-    out = write_result(
-        "memory",
-        {
-            "benchmark": "memory",
-            "machine": machine_info(),
-            "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "baseline": BASELINE,
-            "servers": results,
-        },
-        args.out,
-    )
-    print(f"\nresults: {out}")
-    return 0 if all("median" in r for r in results.values()) else 1
+    return finish("memory", args, results)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted; servers and load generators stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
