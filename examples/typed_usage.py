@@ -23,6 +23,7 @@ from bosbase_pubsub import (
     Message,
     PublishAck,
     Reconnect,
+    ReplayGap,
     RequestTimeout,
     ServerError,
     Timeouts,
@@ -52,6 +53,18 @@ def with_threads() -> list[Message]:
         unsubscribe()
         assert received
         assert received[0]["id"] == ack["id"]
+
+        # Replay from a known position (a message's or an ack's); be told if the
+        # server could not replay everything (retention, or another database).
+        def on_gap(gap: ReplayGap) -> None:
+            print("messages may be missing on", gap["topic"], "after", gap["since"], gap["replay"])
+
+        since = ack.get("position")  # absent from servers without the resume extension
+        if since is not None:
+            replayed: list[Message] = []
+            client.pubsub.subscribe("typed/sync", replayed.append, since=since, on_gap=on_gap)
+        # A key makes a retried publish store once (a fresh one is used by default).
+        client.pubsub.publish("typed/sync", {"n": 2}, key="order-42/created")
         try:
             client.pubsub.publish("", None)
         except BosBaseError as error:  # InvalidRequest: "topic must be set"

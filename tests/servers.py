@@ -178,6 +178,7 @@ class WsClient:
         self.session = session
         self.ws = ws
         self.client_id = ""
+        self.ready: dict[str, Any] = {}
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.unmatched: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -212,6 +213,7 @@ class WsClient:
             ready = await asyncio.wait_for(ws.receive_json(), 10)
             assert ready["type"] == "ready", ready
             client.client_id = ready["clientId"]
+            client.ready = ready
         client._reader = asyncio.get_running_loop().create_task(client._read())
         return client
 

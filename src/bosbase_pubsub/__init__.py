@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .client import (
         AsyncBosBase,
+        AsyncGapHandler,
         AsyncHandler,
         AsyncPubSub,
         AsyncRecordService,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         ClientClosed,
         ClientError,
         ConnectionClosed,
+        GapHandler,
         Handler,
         InvalidRequest,
         Message,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
         PubSub,
         Reconnect,
         RecordService,
+        ReplayGap,
         RequestTimeout,
         ServerError,
         Timeouts,
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncBosBase",
+    "AsyncGapHandler",
     "AsyncHandler",
     "AsyncPubSub",
     "AsyncRecordService",
@@ -55,6 +59,7 @@ __all__ = [
     "ClientClosed",
     "ClientError",
     "ConnectionClosed",
+    "GapHandler",
     "Handler",
     "InvalidRequest",
     "Message",
@@ -63,6 +68,7 @@ __all__ = [
     "PublishAck",
     "Reconnect",
     "RecordService",
+    "ReplayGap",
     "RequestTimeout",
     "ServerError",
     "Timeouts",

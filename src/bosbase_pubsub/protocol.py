@@ -13,6 +13,12 @@ Rules kept here (the contract's, exactly):
 * fields that are empty are left out of replies, ``requestId`` included;
 * a publish without ``data`` carries ``null``; its raw ``data`` is at most
   256 KiB.
+
+Extensions (ours, see ``docs/reference/resume.md``): a ``subscribe`` may carry
+``since`` (a position), a ``publish`` may carry ``key`` (idempotence), and
+``message``, ``published`` and ``subscribed`` may carry ``position`` (and
+``subscribed`` a ``replay`` status). Frames without them are exactly the
+contract's.
 """
 
 from __future__ import annotations
@@ -36,6 +42,18 @@ ERR_PAYLOAD_INVALID: Final = "payload must be valid JSON"
 ERR_PUBLISH_FAILED: Final = "failed to publish message"
 ERR_UNSUPPORTED_TYPE: Final = "unsupported pubsub message type"
 ERR_INVALID_FORMAT: Final = "invalid message format"
+
+# Ours (extensions); official SDKs never trigger them.
+MAX_KEY_LENGTH: Final = 128
+"""The longest idempotence ``key`` a publish may carry, in characters."""
+ERR_KEY_TOO_LONG: Final = f"publish key is too long (at most {MAX_KEY_LENGTH} characters)"
+
+REPLAY_COMPLETE: Final = "complete"
+"""``subscribed.replay``: every message of the topic stored after ``since`` is replayed."""
+REPLAY_PRUNED: Final = "pruned"
+"""``subscribed.replay``: retention deleted messages after ``since``: some may be missing."""
+REPLAY_UNKNOWN: Final = "unknown"
+"""``subscribed.replay``: ``since`` is not a position of this database; nothing is replayed."""
 
 CONTRACT_ERRORS: Final = frozenset(
     {
@@ -62,6 +80,8 @@ class Ping:
 class Subscribe:
     request_id: str
     topic: str
+    since: str = ""
+    """The position to resume after (ours: ``EPOCH:SEQ``, opaque to clients); empty: none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +97,8 @@ class Publish:
     topic: str
     data: bytes
     """The payload as compact JSON text (``b"null"`` when the frame had none)."""
+    key: str = ""
+    """The publisher's idempotence key (at most ``MAX_KEY_LENGTH`` characters); empty: none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +118,7 @@ def parse_request(frame: str | bytes) -> Request:
     Never raises: a frame that is not a JSON object with string fields gives
     ``RequestError(message=ERR_INVALID_FORMAT)`` without a request id.
     """
-    envelope = _decode(frame)
+    envelope = decode_json(frame)
     if not isinstance(envelope, dict):
         return RequestError("", ERR_INVALID_FORMAT)
 
@@ -118,16 +140,28 @@ def parse_request(frame: str | bytes) -> Request:
     if kind == "subscribe":
         if not topic:
             return RequestError(request_id, ERR_TOPIC_REQUIRED)
-        return Subscribe(request_id, topic)
+        since = envelope.get("since")
+        if since is None or since == "":
+            return Subscribe(request_id, topic)
+        if not isinstance(since, str):
+            return RequestError(request_id, ERR_INVALID_FORMAT)
+        # A malformed position is not an error: the ack says ``unknown``.
+        return Subscribe(request_id, topic, since.strip())
     if kind == "unsubscribe":
         return Unsubscribe(request_id, topic)
     if kind == "publish":
         if not topic:
             return RequestError(request_id, ERR_TOPIC_REQUIRED)
+        key = envelope.get("key")
+        key = "" if key is None else key
+        if not isinstance(key, str):
+            return RequestError(request_id, ERR_INVALID_FORMAT)
+        if len(key) > MAX_KEY_LENGTH:
+            return RequestError(request_id, ERR_KEY_TOO_LONG)
         data = encode_payload(envelope.get("data"))
         if isinstance(data, str):
             return RequestError(request_id, data)
-        return Publish(request_id, topic, data)
+        return Publish(request_id, topic, data, key)
     return RequestError(request_id, ERR_UNSUPPORTED_TYPE)
 
 
@@ -139,8 +173,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _decode(frame: str | bytes) -> Any:
-    """Decode JSON text, or return ``_INVALID``.
+def decode_json(frame: str | bytes) -> Any:
+    """Decode JSON text, or return a sentinel that is no JSON value (never raises).
 
     orjson is the fast path, but it reads integers beyond 64 bits as floats
     and so changes them; a frame holding a run of 20 or more digits goes to
@@ -159,6 +193,10 @@ def _decode(frame: str | bytes) -> Any:
         return _INVALID
 
 
+_decode = decode_json
+"""Deprecated alias of ``decode_json`` (the SDK imported it under this name)."""
+
+
 def encode_payload(value: Any) -> bytes | str:
     """Compact a decoded ``data`` value, or return the contract error it earns."""
     try:
@@ -174,6 +212,22 @@ def encode_payload(value: Any) -> bytes | str:
     if len(data) > MAX_PAYLOAD_BYTES:
         return ERR_PAYLOAD_TOO_LARGE
     return data
+
+
+# --- Positions (ours) ---------------------------------------------------------------
+
+
+def format_position(epoch: str, seq: int) -> str:
+    """The position of stored message ``seq`` of the database ``epoch``: ``EPOCH:SEQ``."""
+    return f"{epoch}:{seq}"
+
+
+def parse_position(text: str) -> tuple[str, int] | None:
+    """``(epoch, seq)`` from a position, or ``None`` when ``text`` is not one."""
+    epoch, sep, seq = text.rpartition(":")
+    if not sep or not epoch or not seq.isascii() or not seq.isdigit() or len(seq) > 18:
+        return None
+    return epoch, int(seq)
 
 
 # --- Replies (server to client) -----------------------------------------------------
@@ -195,16 +249,20 @@ def _reply(fields: dict[str, Any]) -> bytes:
     return orjson.dumps({key: value for key, value in fields.items() if value != ""})
 
 
-def ready_frame(client_id: str) -> bytes:
-    return _reply({"type": "ready", "clientId": client_id})
+def ready_frame(client_id: str, position: str = "") -> bytes:
+    """The first frame; ``position`` (ours) announces the resume extension."""
+    return _reply({"type": "ready", "clientId": client_id, "position": position})
 
 
 def pong_frame(request_id: str) -> bytes:
     return _reply({"type": "pong", "requestId": request_id})
 
 
-def subscribed_frame(request_id: str) -> bytes:
-    return _reply({"type": "subscribed", "requestId": request_id})
+def subscribed_frame(request_id: str, position: str = "", replay: str = "") -> bytes:
+    """The ``subscribed`` ack; ``position`` and ``replay`` are ours (left out when empty)."""
+    return _reply(
+        {"type": "subscribed", "requestId": request_id, "position": position, "replay": replay}
+    )
 
 
 def unsubscribed_frame(request_id: str) -> bytes:
@@ -215,7 +273,10 @@ def error_frame(request_id: str, message: str) -> bytes:
     return _reply({"type": "error", "requestId": request_id, "message": message})
 
 
-def published_frame(request_id: str, message_id: str, topic: str, created: str) -> bytes:
+def published_frame(
+    request_id: str, message_id: str, topic: str, created: str, position: str = ""
+) -> bytes:
+    """The ``published`` ack; ``position`` is ours (left out when empty)."""
     return _reply(
         {
             "type": "published",
@@ -223,14 +284,23 @@ def published_frame(request_id: str, message_id: str, topic: str, created: str) 
             "id": message_id,
             "topic": topic,
             "created": created,
+            "position": position,
         }
     )
 
 
-def message_frame(message_id: str, topic: str, data: bytes, created: str) -> bytes:
-    """Build the ``message`` frame once; ``data`` is already compact JSON text."""
+def message_frame(
+    message_id: str, topic: str, data: bytes, created: str, position: str = ""
+) -> bytes:
+    """Build the ``message`` frame once; ``data`` is already compact JSON text.
+
+    ``position`` is ours (left out when empty).
+    """
     # ``data`` is spliced in as raw JSON so that it is never decoded and
     # re-encoded on the fan-out path.
     head = orjson.dumps({"type": "message", "id": message_id, "topic": topic})
-    tail = orjson.dumps(created)
+    if position:
+        tail = orjson.dumps(created)[:-1] + b'","position":' + orjson.dumps(position)
+    else:
+        tail = orjson.dumps(created)
     return b"".join((head[:-1], b',"data":', data, b',"created":', tail, b"}"))

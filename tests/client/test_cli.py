@@ -55,7 +55,7 @@ def test_sub_prints_json_lines_and_pub_prints_acks(
         one = run("pub", topic, '{"text": "hi"}', **login)
         assert one.returncode == 0, one.stderr
         [ack] = [json.loads(line) for line in one.stdout.splitlines()]
-        assert set(ack) == {"id", "topic", "created"}
+        assert set(ack) == {"id", "topic", "created", "position"}
         many = run(
             "pub",
             f"{topic}/other",

@@ -7,6 +7,7 @@ send, and feeds it the frames a server would answer with.
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ from bosbase_pubsub.client._core import (
     Deliver,
     Disconnected,
     Event,
+    Gap,
     PubSubCore,
     Rejected,
     Resolved,
@@ -102,6 +104,8 @@ def test_a_request_asks_for_a_connection_and_nothing_is_sent_before_ready() -> N
     assert core.data_to_send() == []
     core.receive(frame(type="ready", clientId="abc"), 1.1)
     [publish] = sent(core)
+    key = publish.pop("key")
+    assert re.fullmatch(r"[0-9a-f]{32}", key)  # a fresh idempotency key per publish
     assert publish == {
         "type": "publish",
         "topic": "chat",
@@ -239,13 +243,22 @@ def test_topics_are_trimmed_and_an_empty_one_is_refused_before_sending() -> None
         core.publish("", 1, 0.0)
 
 
-def test_the_last_message_id_of_each_topic_is_kept_for_resuming() -> None:
+def test_without_positions_nothing_is_resumed_nor_deduplicated() -> None:
+    # An official server sends no ``position``: the client behaves as before.
     core = make_core()
     core.subscribe("t", "h", 0.0)
     ack_subscribes(core, connect(core))
-    for message_id in ("m1", "m2"):
+    for message_id in ("m1", "m1"):
         core.receive(frame(type="message", id=message_id, topic="t", data=1, created="c"), 0)
-    assert core._topics["t"].position == "m2"
+    delivered = of_type(core.events_received(), Deliver)
+    assert [d.message for d in delivered] == [
+        {"id": "m1", "topic": "t", "data": 1, "created": "c"}
+    ] * 2
+    assert core._topics["t"].position is None
+    core.connection_lost(None, 1.0)
+    assert core.connect_at is not None
+    [again] = connect(core, core.connect_at)
+    assert "since" not in again
 
 
 # --- publishing -----------------------------------------------------------------------
@@ -257,7 +270,7 @@ def test_body_is_merged_into_the_envelope_but_cannot_override_its_fields() -> No
     [envelope] = connect(core)
     assert envelope["meta"] == {"k": "v"}
     assert envelope["data"] == {"x": 1}
-    for key in ("type", "topic", "data", "requestId"):
+    for key in ("type", "topic", "data", "requestId", "key"):
         with pytest.raises(InvalidRequest, match=key):
             core.publish("t", 1, 0.0, body={key: "x"})
 
@@ -636,3 +649,321 @@ def test_the_backlog_warning_grows_tenfold_and_keeps_quiet() -> None:
     assert monitor.check(900_000, 200.0) is None  # below the next threshold (1,000,000)
     assert monitor.check(0, 300.0) is None  # drained: starts over
     assert monitor.check(10_000, 400.0) is not None
+
+
+# --- resume (docs/reference/resume.md) ------------------------------------------------
+
+
+def message(topic: str, position: str, data: Any = None, id_: str = "") -> bytes:
+    return frame(
+        type="message",
+        id=id_ or f"id{position}",
+        topic=topic,
+        data=data,
+        created="c",
+        position=position,
+    )
+
+
+def subscribed(request_id: str, position: str, replay: str | None = None) -> bytes:
+    fields: dict[str, Any] = {"type": "subscribed", "requestId": request_id, "position": position}
+    if replay is not None:
+        fields["replay"] = replay
+    return frame(**fields)
+
+
+def delivered(core: PubSubCore) -> list[Any]:
+    return [d.message["data"] for d in of_type(core.events_received(), Deliver)]
+
+
+def test_a_re_subscribe_resumes_from_the_last_message_delivered() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0)
+    core.subscribe("b", "h", 0.0)
+    frames = connect(core)
+    assert all("since" not in f for f in frames)
+    core.receive(subscribed(frames[0]["requestId"], "E:10"), 0.0)
+    core.receive(subscribed(frames[1]["requestId"], "E:10"), 0.0)
+    core.receive(message("a", "E:11", 1), 0.0)
+    core.receive(message("a", "E:13", 2), 0.0)
+    assert delivered(core) == [1, 2]
+    [positioned] = [d for d in [core._topics["a"]]]
+    assert positioned.position == "E:13"
+    core.connection_lost(None, 1.0)
+    assert core.connect_at is not None
+    frames = connect(core, core.connect_at)
+    since = {f["topic"]: f["since"] for f in frames}
+    # "b" got nothing: it resumes from where its live delivery began.
+    assert since == {"a": "E:13", "b": "E:10"}
+    core.receive(subscribed(frames[0]["requestId"], since[frames[0]["topic"]], "complete"), 2)
+    core.receive(subscribed(frames[1]["requestId"], since[frames[1]["topic"]], "complete"), 2)
+    assert core.is_connected
+    assert of_type(core.events_received(), Gap) == []
+
+
+def test_the_resume_position_follows_deliveries_made_while_resubscribing() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0)
+    ack_frames = connect(core)
+    core.receive(subscribed(ack_frames[0]["requestId"], "E:1"), 0.0)
+    core.connection_lost(None, 1.0)
+    assert core.connect_at is not None
+    [first] = connect(core, core.connect_at)
+    assert first["since"] == "E:1"
+    core.receive(subscribed(first["requestId"], "E:1", "complete"), 2.0)
+    core.receive(message("a", "E:5", "replayed"), 2.0)
+    core.connection_lost(None, 3.0)  # again, mid-replay
+    assert core.connect_at is not None
+    [second] = connect(core, core.connect_at)
+    assert second["since"] == "E:5"
+
+
+def test_a_subscribe_in_flight_is_resent_with_the_position_known_by_then() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0, since="E:3")
+    [first] = connect(core)
+    assert first["since"] == "E:3"
+    core.connection_lost(None, 1.0)
+    assert core.connect_at is not None
+    [again] = connect(core, core.connect_at)
+    assert again["requestId"] == first["requestId"]
+    assert again["since"] == "E:3"
+
+
+def test_messages_not_after_the_last_position_are_dropped() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0)
+    frames = connect(core)
+    core.receive(subscribed(frames[0]["requestId"], "E:10"), 0.0)
+    core.receive(message("a", "E:9", "before the subscription"), 0.0)
+    core.receive(message("a", "E:10", "the start itself"), 0.0)
+    core.receive(message("a", "E:11", 1), 0.0)
+    core.receive(message("a", "E:11", "again"), 0.0)
+    core.receive(message("a", "E:12", 2), 0.0)
+    core.receive(message("a", "E:2", "older"), 0.0)
+    assert delivered(core) == [1, 2]
+    assert core._topics["a"].position == "E:12"
+
+
+def test_positions_of_another_shape_or_epoch_are_trusted_as_they_come() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0)
+    frames = connect(core)
+    core.receive(subscribed(frames[0]["requestId"], "E:10"), 0.0)
+    core.receive(message("a", "F:3", "new epoch"), 0.0)
+    core.receive(message("a", "opaque", "no shape"), 0.0)
+    core.receive(message("a", "opaque", "no shape again"), 0.0)  # cannot tell: delivered
+    assert delivered(core) == ["new epoch", "no shape", "no shape again"]
+
+
+def test_delivered_messages_and_acks_carry_their_position() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0)
+    frames = connect(core)
+    core.receive(subscribed(frames[0]["requestId"], "E:1"), 0.0)
+    core.events_received()
+    request_id = core.publish("a", 5, 0.0)
+    core.data_to_send()
+    core.receive(
+        frame(
+            type="published", requestId=request_id, id="m", topic="a", created="c", position="E:2"
+        ),
+        0.0,
+    )
+    core.receive(message("a", "E:2", 5, id_="m"), 0.0)
+    deliver, resolved = core.events_received()
+    assert isinstance(deliver, Deliver)
+    assert deliver.message == {
+        "id": "m",
+        "topic": "a",
+        "data": 5,
+        "created": "c",
+        "position": "E:2",
+    }
+    assert resolved == Resolved(
+        request_id, {"id": "m", "topic": "a", "created": "c", "position": "E:2"}
+    )
+
+
+def test_since_starts_a_new_topic_from_a_known_position() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0, since="E:7")
+    [first] = connect(core)
+    assert first == {
+        "type": "subscribe",
+        "topic": "a",
+        "requestId": first["requestId"],
+        "since": "E:7",
+    }
+    core.receive(subscribed(first["requestId"], "E:7", "complete"), 0.0)
+    core.receive(message("a", "E:8", "replayed"), 0.0)
+    assert delivered(core) == ["replayed"]
+    with pytest.raises(InvalidRequest, match="does not subscribe to yet"):
+        core.subscribe("a", "h2", 0.0, since="E:1")
+    with pytest.raises(InvalidRequest, match="since must be a position"):
+        core.subscribe("b", "h", 0.0, since="")
+
+
+@pytest.mark.parametrize("replay", ["pruned", "unknown"])
+def test_an_incomplete_replay_is_a_gap_event_before_the_replayed_messages(replay: str) -> None:
+    core = make_core()
+    listener, _ = core.subscribe("a", "h", 0.0, on_gap="g")
+    frames = connect(core)
+    core.receive(subscribed(frames[0]["requestId"], "E:10"), 0.0)
+    core.receive(message("a", "E:11", 1), 0.0)
+    core.connection_lost(None, 1.0)
+    core.events_received()
+    assert core.connect_at is not None
+    [again] = connect(core, core.connect_at)
+    core.receive(subscribed(again["requestId"], "E:50", replay), 2.0)
+    core.receive(message("a", "E:60", 2), 2.0)
+    events = [e for e in core.events_received() if isinstance(e, (Gap, Deliver))]
+    gap, deliver = events
+    assert isinstance(gap, Gap)
+    assert gap.gap == {"topic": "a", "replay": replay, "since": "E:11", "position": "E:50"}
+    assert gap.listeners == (listener,)
+    assert listener.on_gap == "g"
+    assert isinstance(deliver, Deliver)
+    assert core.is_connected
+    assert core._topics["a"].position == "E:60"
+
+
+def test_an_unknown_since_restarts_from_the_servers_position() -> None:
+    core = make_core()
+    core.subscribe("a", "h", 0.0, since="other-db:99")
+    [first] = connect(core)
+    core.receive(subscribed(first["requestId"], "E:5", "unknown"), 0.0)
+    [gap] = of_type(core.events_received(), Gap)
+    assert gap.gap["replay"] == "unknown"
+    assert gap.gap["since"] == "other-db:99"
+    assert core._topics["a"].position == "E:5"
+    core.receive(message("a", "E:6", 1), 0.0)
+    assert delivered(core) == [1]
+
+
+# --- idempotent publish ---------------------------------------------------------------
+
+
+def show_positions(core: PubSubCore, topic: str = "p") -> None:
+    """Let the server show it keeps the resume extension (a positioned ack)."""
+    request_id = core.publish(topic, "probe", 0.0)
+    for envelope in connect(core):
+        if envelope["requestId"] == request_id:
+            core.receive(
+                frame(
+                    type="published",
+                    requestId=request_id,
+                    id="x",
+                    topic=topic,
+                    created="c",
+                    position="E:1",
+                ),
+                0.0,
+            )
+    core.events_received()
+    assert core.server_resumes
+
+
+def test_a_ready_frame_with_a_position_announces_the_extension() -> None:
+    official = make_core()
+    official.publish("t", 1, 0.0)
+    official.start_connecting(0.0)
+    official.receive(frame(type="ready", clientId="c1"), 0.0)
+    assert not official.server_resumes
+    ours = make_core()
+    ours.publish("t", 1, 0.0)
+    ours.start_connecting(0.0)
+    ours.receive(frame(type="ready", clientId="c1", position="E:0"), 0.0)
+    assert ours.server_resumes
+
+
+def test_every_publish_has_its_own_key_or_the_one_given() -> None:
+    core = make_core()
+    core.publish("t", 1, 0.0)
+    core.publish("t", 2, 0.0)
+    core.publish("t", 3, 0.0, key="mine")
+    keys = [f["key"] for f in connect(core)]
+    assert keys[2] == "mine"
+    assert len(set(keys)) == 3
+    with pytest.raises(InvalidRequest, match="key must be"):
+        core.publish("t", 1, 0.0, key="k" * 129)
+    with pytest.raises(InvalidRequest, match="key must be"):
+        core.publish("t", 1, 0.0, key="")
+
+
+def test_a_publish_in_flight_is_resent_with_its_key_after_the_reconnect() -> None:
+    core = make_core()
+    connect_now = core.publish("t", 0, 0.0)
+    connect(core)
+    core.receive(
+        frame(
+            type="published", requestId=connect_now, id="x", topic="t", created="c", position="E:1"
+        ),
+        0.0,
+    )
+    core.events_received()
+    first = core.publish("t", 1, 0.0)
+    second = core.publish("t", 2, 0.0)
+    frames = sent(core)
+    core.connection_lost(None, 1.0)
+    queued = core.publish("t", 3, 1.5)  # made while down: goes after the resent ones
+    assert of_type(core.events_received(), Rejected) == []
+    assert core.connect_at is not None
+    again = connect(core, core.connect_at)
+    assert [f["requestId"] for f in again] == [first, second, queued]
+    assert [f["key"] for f in again[:2]] == [f["key"] for f in frames]
+    assert [f["data"] for f in again] == [1, 2, 3]
+    ack = {"id": "m1", "topic": "t", "created": "c", "position": "E:2"}
+    core.receive(frame(type="published", requestId=first, **ack), 2.0)
+    assert Resolved(first, ack) in core.events_received()
+
+
+def test_a_resent_publish_still_times_out_at_its_first_deadline() -> None:
+    core = make_core()
+    show_positions(core)
+    request_id = core.publish("t", 1, 0.0, timeout=3.0)
+    sent(core)
+    core.connection_lost(None, 1.0)
+    core.tick(3.0)
+    [rejected] = of_type(core.events_received(), Rejected)
+    assert rejected.request_id == request_id
+    assert isinstance(rejected.error, RequestTimeout)
+
+
+def test_the_ack_of_a_resent_publish_delivered_before_the_loss_is_not_held() -> None:
+    core = make_core()
+    core.subscribe("t", "h", 0.0)
+    frames = connect(core)
+    core.receive(subscribed(frames[0]["requestId"], "E:1"), 0.0)
+    request_id = core.publish("t", 1, 0.0)
+    sent(core)
+    core.receive(message("t", "E:2", 1, id_="m"), 0.0)  # stored and delivered; the ack is lost
+    core.connection_lost(None, 1.0)
+    core.events_received()
+    assert core.connect_at is not None
+    again = connect(core, core.connect_at)
+    for envelope in again:
+        if envelope["type"] == "subscribe":
+            assert envelope["since"] == "E:2"
+            core.receive(subscribed(envelope["requestId"], "E:2", "complete"), 2.0)
+    core.receive(
+        frame(
+            type="published", requestId=request_id, id="m", topic="t", created="c", position="E:2"
+        ),
+        2.0,
+    )
+    assert Resolved(request_id, {"id": "m", "topic": "t", "created": "c", "position": "E:2"}) in (
+        core.events_received()
+    )
+
+
+def test_frames_not_written_before_a_loss_are_not_written_on_the_next_connection() -> None:
+    core = make_core()
+    show_positions(core)
+    first = core.publish("t", 1, 0.0)
+    second = core.publish("t", 2, 0.0)  # queued for writing, never written
+    core.connection_lost(None, 1.0)
+    assert core.data_to_send() == []  # nothing before ``ready``
+    assert core.connect_at is not None
+    again = connect(core, core.connect_at)
+    assert [f["requestId"] for f in again] == [first, second]

@@ -19,11 +19,14 @@ from bosbase_pubsub import (
     ConnectionClosed,
     InvalidRequest,
     Message,
+    PublishAck,
+    ReplayGap,
     RequestTimeout,
     ServerError,
     Timeouts,
 )
 
+from ..chaos.proxy import ChaosProxy
 from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer
 from ..servers import ServerProcess
 from .conftest import (
@@ -65,12 +68,13 @@ def test_every_json_type_makes_the_round_trip(client: BosBase, topic: str) -> No
     # Read-your-writes: each publish returned after its own handler ran.
     assert inbox.data == JSON_VALUES
     for ack, message in zip(acks, inbox.messages, strict=True):
-        assert set(ack) == {"id", "topic", "created"}
-        assert set(message) == {"id", "topic", "data", "created"}
-        assert (message["id"], message["topic"], message["created"]) == (
+        assert set(ack) == {"id", "topic", "created", "position"}
+        assert set(message) == {"id", "topic", "data", "created", "position"}
+        assert (message["id"], message["topic"], message["created"], message["position"]) == (
             ack["id"],
             topic,
             ack["created"],
+            ack["position"],
         )
     assert inbox.threads == {"bosbase-pubsub-dispatcher"}
 
@@ -234,7 +238,9 @@ def test_signing_in_upgrades_the_open_socket(shared_server: ServerProcess, topic
         client.auth_store.clear()
         with pytest.raises(AuthError):
             client.pubsub.publish(topic, "signed out")
-        assert client.pubsub.is_connected()
+        # The re-subscribe resumes from a position (a store read): its ack may come
+        # after the publish's refusal.
+        wait_until(client.pubsub.is_connected, what="the topic to be subscribed again")
 
 
 def test_delivery_resumes_after_a_server_restart(start_server: StartServer, topic: str) -> None:
@@ -262,10 +268,10 @@ def test_delivery_resumes_after_a_server_restart(start_server: StartServer, topi
 
         wait_until(subscriber.pubsub.is_connected, what="the subscriber to reconnect")
         publisher.pubsub.publish(topic, "after")
-        # "while down" may come too, if the subscriber was back first.
+        # Published while the subscriber was away, or not: it resumes, so once each.
         wait_until(lambda: "after" in inbox.data, what="the message after the restart")
-        assert inbox.data[0] == "before"
-        assert inbox.data[-1] == "after"
+        time.sleep(0.1)
+        assert inbox.data == ["before", "while down", "after"]
 
 
 def test_a_slow_handler_does_not_stop_heartbeats(start_server: StartServer, topic: str) -> None:
@@ -399,3 +405,116 @@ def server_token(server: ServerProcess) -> str:
     from ..conftest import http_sign_in
 
     return http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+
+
+# --- resume and idempotent publish (docs/reference/resume.md) -------------------------
+
+
+def test_messages_published_while_disconnected_are_replayed_once_in_order(
+    shared_server: ServerProcess, superuser_token: str, topic: str
+) -> None:
+    port = int(shared_server.url.rsplit(":", 1)[1])
+    proxy = ChaosProxy(port).start()
+    try:
+        with (
+            make_client(proxy.url) as subscriber,
+            make_client(shared_server.url, superuser_token) as publisher,
+        ):
+            inbox = Inbox()
+            subscriber.pubsub.subscribe(topic, inbox)
+            publisher.pubsub.publish(topic, 0)
+            inbox.wait_for(1)
+            proxy.refusing = True
+            proxy.cut("rst")
+            wait_until(lambda: not subscriber.pubsub.is_connected(), what="the loss to be seen")
+            for number in range(1, 6):
+                publisher.pubsub.publish(topic, number)
+            proxy.refusing = False
+            wait_until(subscriber.pubsub.is_connected, what="the subscriber to reconnect")
+            publisher.pubsub.publish(topic, 6)
+            inbox.wait_for(7)
+            time.sleep(0.1)
+            assert inbox.data == [0, 1, 2, 3, 4, 5, 6]
+            assert [m["position"] for m in inbox.messages] == sorted(
+                (m["position"] for m in inbox.messages), key=lambda p: int(p.rsplit(":", 1)[1])
+            )
+    finally:
+        proxy.close()
+
+
+def test_since_replays_from_a_position_and_an_unknown_one_is_reported(
+    client: BosBase, anonymous: BosBase, topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    acks = [client.pubsub.publish(topic, number) for number in range(3)]
+    inbox = Inbox()
+    gaps: list[ReplayGap] = []
+    unsubscribe = anonymous.pubsub.subscribe(
+        topic, inbox, since=acks[0]["position"], on_gap=gaps.append
+    )
+    inbox.wait_for(2)
+    assert inbox.data == [1, 2]
+    assert gaps == []
+    with pytest.raises(InvalidRequest, match="does not subscribe to yet"):
+        anonymous.pubsub.subscribe(topic, print, since=acks[0]["position"])
+    unsubscribe()
+
+    other = Inbox()
+    anonymous.pubsub.subscribe(topic, other, since="not-a-position", on_gap=gaps.append)
+    wait_until(lambda: bool(gaps), what="the gap to be reported")
+    [gap] = gaps
+    assert gap["topic"] == topic
+    assert gap["replay"] == "unknown"
+    assert gap["since"] == "not-a-position"
+    client.pubsub.publish(topic, "live")
+    other.wait_for(1)
+    assert other.data == ["live"]  # nothing replayed, live goes on
+
+    anonymous.pubsub.unsubscribe(topic)
+    with caplog.at_level(logging.WARNING, logger="bosbase_pubsub.client"):
+        anonymous.pubsub.subscribe(topic, print, since="not-a-position")
+        wait_until(lambda: "replay unknown" in caplog.text, what="a warning without on_gap")
+
+
+def test_a_publish_cut_off_before_its_ack_is_resent_and_stored_once(
+    shared_server: ServerProcess, superuser_token: str, topic: str
+) -> None:
+    port = int(shared_server.url.rsplit(":", 1)[1])
+    proxy = ChaosProxy(port).start()
+    try:
+        with (
+            make_client(proxy.url, superuser_token) as publisher,
+            make_client(shared_server.url) as subscriber,
+        ):
+            inbox = Inbox()
+            subscriber.pubsub.subscribe(topic, inbox)
+            publisher.pubsub.publish(topic, 0)  # the server shows it keeps keys
+            acks: list[PublishAck] = []
+            errors: list[BaseException] = []
+
+            def publish_many(start: int) -> None:
+                for number in range(start, start + 200):
+                    try:
+                        acks.append(publisher.pubsub.publish(topic, number))
+                    except BaseException as error:
+                        errors.append(error)
+
+            threads = [threading.Thread(target=publish_many, args=(k * 1000,)) for k in (1, 2)]
+            for thread in threads:
+                thread.start()
+            for _ in range(4):
+                time.sleep(0.05)
+                proxy.cut("rst")
+            for thread in threads:
+                thread.join(30)
+            assert errors == []
+            assert len(acks) == 400
+            inbox.wait_for(401)
+            time.sleep(0.2)
+            assert len(inbox.data) == 401  # each once
+            for start in (1000, 2000):  # each thread's messages in its order
+                assert [n for n in inbox.data if start <= n < start + 200] == list(
+                    range(start, start + 200)
+                )
+            assert proxy.cuts >= 1
+    finally:
+        proxy.close()

@@ -188,6 +188,10 @@ async def test_every_node_delivers_every_message_once_in_publisher_order(
             subscriber.drain()
             assert len(subscriber.received) == total, "a duplicate was delivered"
             assert set(subscriber.ids()) == expected
+            # Every node delivers in position (seq) order, whichever node stored what.
+            assert subscriber.ids() == [row["id"] for row in rows]
+            seqs = [int(m["position"].rsplit(":", 1)[1]) for m in subscriber.received]
+            assert seqs == sorted(set(seqs))
             assert_in_publisher_order(subscriber.received)
             # Same order as the acks, per publisher.
             for i, ids in enumerate(acked):
@@ -346,3 +350,33 @@ async def test_postgresql_restarting_mid_stream(
             await client.close()
         for node in nodes:
             node.stop()
+
+
+async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
+    start_server: StartServer, cluster_db: str
+) -> None:
+    a, b = start_server(db_url=cluster_db), start_server(db_url=cluster_db)
+    token = (await sign_in(a.url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))["token"]
+    publisher = await WsClient.connect(a.ws_url, token=token)
+    on_a = await Subscriber.on(a)
+    try:
+        seen = await publish_numbered(publisher, "p", 20)
+        await on_a.wait_for(20)
+        last = on_a.received[-1]["position"]
+        await on_a.client.close()
+        missed = await publish_numbered(publisher, "p", 30)
+        # Resume on B while A keeps publishing: the replay and live delivery meet exactly.
+        racing = asyncio.create_task(publish_numbered(publisher, "p", 50))
+        on_b = Subscriber(b, await WsClient.connect(b.ws_url))
+        ack = await on_b.client.request("subscribe", topic=TOPIC, since=last)
+        assert ack["replay"] == "complete"
+        assert ack["position"] == last
+        later = await racing
+        await on_b.wait_for(80)
+        await asyncio.sleep(0.3)
+        on_b.drain()
+        assert on_b.ids() == missed + later
+        assert seen[-1] not in on_b.ids()
+        await on_b.client.close()
+    finally:
+        await publisher.close()

@@ -96,6 +96,61 @@ def test_created_layout_round_trips() -> None:
     assert protocol.parse_created(text) == moment.replace(microsecond=123000)
 
 
+# --- Extensions (resume.md): since, key, positions -------------------------------------
+
+
+def test_subscribe_since_and_publish_key_are_read() -> None:
+    frame = '{"type":"subscribe","topic":"t","requestId":"1","since":" e1:42 "}'
+    assert protocol.parse_request(frame) == Subscribe("1", "t", "e1:42")
+    assert protocol.parse_request('{"type":"subscribe","topic":"t","since":null}') == Subscribe(
+        "", "t"
+    )
+    frame = '{"type":"publish","topic":"t","data":1,"key":"k-1"}'
+    assert protocol.parse_request(frame) == Publish("", "t", b"1", "k-1")
+    frame = '{"type":"publish","topic":"t","key":"' + "k" * 129 + '"}'
+    assert protocol.parse_request(frame) == RequestError("", protocol.ERR_KEY_TOO_LONG)
+    for field in ("since", "key"):
+        frame = f'{{"type":"subscribe","topic":"t","{field}":1}}'
+        kind = "subscribe" if field == "since" else "publish"
+        frame = frame.replace("subscribe", kind)
+        assert protocol.parse_request(frame) == RequestError("", protocol.ERR_INVALID_FORMAT)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("abc:12", ("abc", 12)),
+        ("a:b:0", ("a:b", 0)),
+        ("abc:", None),
+        (":12", None),
+        ("12", None),
+        ("abc:-1", None),
+        ("abc:1.5", None),
+        ("abc:\u0661", None),
+        ("abc:" + "9" * 19, None),
+    ],
+)
+def test_positions_round_trip_and_garbage_is_none(
+    text: str, expected: tuple[str, int] | None
+) -> None:
+    assert protocol.parse_position(text) == expected
+    if expected is not None:
+        assert protocol.parse_position(protocol.format_position(*expected)) == expected
+
+
+def test_new_reply_fields_are_added_only_when_set() -> None:
+    assert orjson.loads(protocol.subscribed_frame("r", "e:1", "pruned")) == {
+        "type": "subscribed",
+        "requestId": "r",
+        "position": "e:1",
+        "replay": "pruned",
+    }
+    frame = protocol.message_frame("i", "t", b"[1]", "2024-01-02 03:04:05.006Z", "e:7")
+    assert orjson.loads(frame)["position"] == "e:7"
+    assert orjson.loads(protocol.published_frame("r", "i", "t", "c", "e:7"))["position"] == "e:7"
+    assert protocol.decode_json is protocol._decode
+
+
 # --- Fuzzing: arbitrary frames never crash the parser ---------------------------------
 
 json_values = st.recursive(
@@ -109,19 +164,22 @@ field_values = st.one_of(st.text(max_size=12), json_values, st.sampled_from(
     ["ping", "PUBLISH", " subscribe ", "unsubscribe", "publish", "", "  "]
 ))  # fmt: skip
 envelopes = st.dictionaries(
-    st.sampled_from(["type", "topic", "data", "requestId", "extra"]), field_values, max_size=5
+    st.sampled_from(["type", "topic", "data", "requestId", "extra", "since", "key"]),
+    field_values,
+    max_size=6,
 )
 
 
 def _check(request: protocol.Request) -> None:
     assert isinstance(request, (Ping, Subscribe, Unsubscribe, Publish, RequestError))
     if isinstance(request, RequestError):
-        assert request.message in protocol.CONTRACT_ERRORS
+        assert request.message in protocol.CONTRACT_ERRORS | {protocol.ERR_KEY_TOO_LONG}
     if isinstance(request, Publish):
         assert request.topic
         assert request.topic == request.topic.strip()
         json.loads(request.data)  # the stored payload is always valid JSON
         assert len(request.data) <= protocol.MAX_PAYLOAD_BYTES
+        assert len(request.key) <= protocol.MAX_KEY_LENGTH
 
 
 @settings(max_examples=500, deadline=None)

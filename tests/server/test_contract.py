@@ -41,6 +41,8 @@ async def test_ready_is_the_first_frame_and_carries_a_client_id(
     try:
         assert first.client_id
         assert first.client_id != second.client_id
+        # Ours: ready also names the node's position (the resume extension).
+        assert first.ready.get("position")
     finally:
         await first.close()
         await second.close()
@@ -67,7 +69,8 @@ async def test_type_is_trimmed_and_lower_cased(anon: WsClient) -> None:
 async def test_subscribe_is_acknowledged(anon: WsClient) -> None:
     reply = await anon.subscribe("news")
     assert reply["type"] == "subscribed"
-    assert set(reply) == {"type", "requestId"}
+    # Plus ``position``, ours (resume.md): official SDKs ignore it.
+    assert set(reply) == {"type", "requestId", "position"}
 
 
 @pytest.mark.parametrize("topic", ["", "   ", None])
@@ -113,6 +116,7 @@ async def test_publish_is_acked_then_delivered_to_every_subscriber(
                 "topic": "room/1",
                 "data": {"text": "hello", "n": [1, 2.5, None]},
                 "created": ack["created"],
+                "position": ack["position"],  # ours (resume.md)
             }
     finally:
         for subscriber in subscribers:

@@ -43,7 +43,7 @@ async def test_http_publish_stores_and_fans_out(
             shared_server, b'{"topic":" http ","data":{"via":"rest"}}', "Bearer " + superuser_token
         )
         assert status == 200
-        assert set(body) == {"id", "topic", "created"}
+        assert set(body) == {"id", "topic", "created", "position"}  # position: ours
         assert body["topic"] == "http"
         message = await subscriber.next_message()
         assert message == {"type": "message", "data": {"via": "rest"}, **body}

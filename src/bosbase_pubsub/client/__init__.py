@@ -25,10 +25,21 @@ from ._exceptions import (
 )
 from ._records import AsyncRecordService, RecordService
 from ._sync import BosBase, PubSub
-from ._types import AsyncHandler, AuthRecord, AuthResponse, Handler, Message, PublishAck
+from ._types import (
+    AsyncGapHandler,
+    AsyncHandler,
+    AuthRecord,
+    AuthResponse,
+    GapHandler,
+    Handler,
+    Message,
+    PublishAck,
+    ReplayGap,
+)
 
 __all__ = [
     "AsyncBosBase",
+    "AsyncGapHandler",
     "AsyncHandler",
     "AsyncPubSub",
     "AsyncRecordService",
@@ -41,6 +52,7 @@ __all__ = [
     "ClientClosed",
     "ClientError",
     "ConnectionClosed",
+    "GapHandler",
     "Handler",
     "InvalidRequest",
     "Message",
@@ -49,6 +61,7 @@ __all__ = [
     "PublishAck",
     "Reconnect",
     "RecordService",
+    "ReplayGap",
     "RequestTimeout",
     "ServerError",
     "Timeouts",

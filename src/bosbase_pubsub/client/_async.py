@@ -48,6 +48,7 @@ from ._core import (
     Deliver,
     Disconnected,
     Event,
+    Gap,
     Handshake,
     Listener,
     PubSubCore,
@@ -67,8 +68,8 @@ from ._exceptions import (
 )
 from ._link import MAX_MESSAGE_BYTES
 from ._records import ApiCall, AsyncRecordService, build_request, read_response
-from ._sync import DRAIN_TIMEOUT
-from ._types import AsyncHandler, AuthResponse, Message, PublishAck
+from ._sync import DRAIN_TIMEOUT, _tell_gap
+from ._types import AsyncGapHandler, AsyncHandler, AuthResponse, Message, PublishAck
 
 __all__ = ["AsyncBosBase", "AsyncPubSub", "MessageStream"]
 
@@ -201,7 +202,7 @@ class AsyncPubSub:
         self._close_requested: CloseSocket | None = None
         self._wakeup = asyncio.Event()
         self._writable = asyncio.Event()
-        self._backlog: deque[Deliver] = deque()
+        self._backlog: deque[Deliver | Gap] = deque()
         self._backlog_ready = asyncio.Event()
         self._monitor = BacklogMonitor()
         self._stop_dispatching = False
@@ -223,16 +224,19 @@ class AsyncPubSub:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        key: str | None = None,
     ) -> PublishAck:
-        """Publish ``data`` on ``topic``; returns the ack ``{id, topic, created}``.
+        """Publish ``data`` on ``topic``; returns the ack ``{id, topic, created}``
+        (and ``position``).
 
-        Arguments, waiting and errors are those of ``PubSub.publish``. Publishes
-        from many tasks at once are pipelined over the one socket.
+        Arguments (``key`` included: a lost publish is sent again with it after
+        the reconnect), waiting and errors are those of ``PubSub.publish``.
+        Publishes from many tasks at once are pipelined over the one socket.
         """
 
         def start(now: float) -> str | None:
             self._core.update_handshake(query, headers, now)
-            return self._core.publish(topic, data, now, body=body, timeout=timeout)
+            return self._core.publish(topic, data, now, body=body, timeout=timeout, key=key)
 
         return cast(PublishAck, await self._call(start))
 
@@ -244,18 +248,29 @@ class AsyncPubSub:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        since: str | None = None,
+        on_gap: AsyncGapHandler | None = None,
     ) -> Callable[[], Awaitable[None]]:
-        """Call ``handler(message)`` for every message on ``topic``, from now on.
+        """Call ``handler(message)`` for every message on ``topic``, from now on
+        (or from ``since``).
 
         ``handler`` may be a plain or an ``async`` function; either way the
         dispatcher task calls it one message at a time, in the server's order
-        (awaiting it before the next), and logs what it raises.
+        (awaiting it before the next), and logs what it raises. ``since`` and
+        ``on_gap`` (which may be ``async`` too) are those of ``PubSub.subscribe``;
+        after a reconnect the topic resumes from the last message delivered.
 
         Returns, once the server confirmed, a function removing this handler;
         calling it takes effect at once, and it may be awaited or not.
         """
         listener = await self._subscribe(
-            topic, handler, query=query, headers=headers, timeout=timeout
+            topic,
+            handler,
+            query=query,
+            headers=headers,
+            timeout=timeout,
+            since=since,
+            on_gap=on_gap,
         )
 
         def unsubscribe() -> Awaitable[None]:
@@ -273,14 +288,20 @@ class AsyncPubSub:
         query: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
         timeout: float | None,
+        since: str | None,
+        on_gap: AsyncGapHandler | None,
     ) -> Listener:
         if not callable(handler):
             raise TypeError("handler must be callable")
+        if on_gap is not None and not callable(on_gap):
+            raise TypeError("on_gap must be callable")
         holder: list[Listener] = []
 
         def start(now: float) -> str | None:
             self._core.update_handshake(query, headers, now)
-            listener, request_id = self._core.subscribe(topic, handler, now, timeout=timeout)
+            listener, request_id = self._core.subscribe(
+                topic, handler, now, timeout=timeout, since=since, on_gap=on_gap
+            )
             holder.append(listener)
             return request_id
 
@@ -294,8 +315,10 @@ class AsyncPubSub:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        since: str | None = None,
+        on_gap: AsyncGapHandler | None = None,
     ) -> MessageStream:
-        """The messages of ``topic`` as an async iterator::
+        """The messages of ``topic`` (from ``since``, if given) as an async iterator::
 
             async with client.pubsub.stream("chat/general") as messages:
                 async for msg in messages:
@@ -305,7 +328,15 @@ class AsyncPubSub:
         subscribes on the first step); ``async with`` also unsubscribes when
         the block ends. Messages wait in the stream until read.
         """
-        return MessageStream(self, topic, query=query, headers=headers, timeout=timeout)
+        return MessageStream(
+            self,
+            topic,
+            query=query,
+            headers=headers,
+            timeout=timeout,
+            since=since,
+            on_gap=on_gap,
+        )
 
     async def unsubscribe(self, topic: str | None = None) -> None:
         """Remove every handler of ``topic`` (of every topic when ``None``); see
@@ -444,7 +475,11 @@ class AsyncPubSub:
         waiters = self._waiters
         backlog = self._backlog
         before = len(backlog)
-        backlog.extend(event for event in events if type(event) is Deliver)
+        backlog.extend(
+            event
+            for event in events
+            if isinstance(event, Deliver) or (isinstance(event, Gap) and _tell_gap(event))
+        )
         if len(backlog) != before:
             self._backlog_ready.set()
             warning = self._monitor.check(len(backlog), time.monotonic())
@@ -452,7 +487,7 @@ class AsyncPubSub:
                 log.warning(warning)
         for event in events:
             kind = type(event)
-            if kind is Deliver:
+            if kind is Deliver or kind is Gap:
                 continue
             if kind is Resolved:
                 future = waiters.pop(cast(Resolved, event).request_id, None)
@@ -606,7 +641,10 @@ class AsyncPubSub:
                 await ready.wait()
                 continue
             deliver = backlog.popleft()
-            message = deliver.message
+            if type(deliver) is Gap:
+                await _call_on_gap(deliver)
+                continue
+            message = cast(Deliver, deliver).message
             for listener in deliver.listeners:
                 try:
                     result = listener.handler(message)
@@ -618,6 +656,18 @@ class AsyncPubSub:
             if calls >= _YIELD_EVERY:
                 calls = 0
                 await asyncio.sleep(0)
+
+
+async def _call_on_gap(event: Gap) -> None:
+    for listener in event.listeners:
+        if listener.on_gap is None:
+            continue
+        try:
+            result = listener.on_gap(event.gap)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("an on_gap callback of topic %r failed", listener.topic)
 
 
 def _log_event(event: Event) -> None:
@@ -652,8 +702,12 @@ class MessageStream:
         query: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
         timeout: float | None,
+        since: str | None = None,
+        on_gap: AsyncGapHandler | None = None,
     ) -> None:
         self.topic = topic
+        self._since = since
+        self._on_gap = on_gap
         self._pubsub = pubsub
         self._query = query
         self._headers = headers
@@ -675,6 +729,8 @@ class MessageStream:
             query=self._query,
             headers=self._headers,
             timeout=self._timeout,
+            since=self._since,
+            on_gap=self._on_gap,
         )
         pubsub._streams.add(self)
 

@@ -25,9 +25,13 @@ Rules it keeps:
   ``requestId``). Once every subscribe is acknowledged the state is ``OPEN``:
   that, and only that, is ``is_connected``.
 * **On a lost connection** a subscribe in flight is sent again on the next one
-  (subscribing is idempotent); a publish in flight fails with
-  ``ConnectionClosed``: it may have been stored, and sending it twice could
-  store it twice.
+  (subscribing is idempotent). A publish in flight is sent again too, with
+  the same ``key``, once the server has shown that it keeps the resume
+  extension (it sent a ``position``): it stores a key once. Against a server
+  that never did (an official one), the publish fails with
+  ``ConnectionClosed`` instead: it may have been stored, and sending it twice
+  could store it twice. Requests wait in creation order, so one publisher's
+  messages keep their order across the resend.
 * **An identity or handshake change** (sign-in, sign-out, new ``query`` or
   ``headers``) reconnects: new requests wait, the publishes in flight get
   their acks, then the socket is closed and reopened with the new handshake.
@@ -37,10 +41,20 @@ Rules it keeps:
   held until the message itself has come (and been handed to the listeners),
   or the topic is left, the connection drops, or the deadline passes. When
   ``publish`` returns, the publisher's own handlers already have the message.
-* **Resume positions**: each topic remembers the id of the last message
-  delivered on it (``_Topic.position``). The server has no resume extension
-  yet; when it gains one, ``_subscribe_frame`` is the one place that names
-  the position, so that a re-subscribe replays what was missed.
+* **Resume positions** (``docs/reference/resume.md``): each topic keeps
+  ``_Topic.position``, the position of the last message delivered on it, or,
+  before any, the one the ``subscribed`` ack names (where live delivery
+  began). Every subscribe frame is built when it is written, and carries
+  ``since`` = that position, so a re-subscribe replays exactly what was
+  missed. A ``replay`` of ``pruned`` or ``unknown`` is a ``Gap`` event for the
+  topic's listeners, never silence.
+* **No duplicate delivery**: a message whose position is not after the
+  topic's position is dropped. Positions are opaque on the wire (the core
+  only sends back what it got), but ``_after`` compares two of this server's
+  ``EPOCH:SEQ`` positions of the same epoch: the server delivers each topic
+  in position order, so that one comparison is exact, costs no memory per
+  message (unlike a window of recent ids, which also forgets), and is a no-op
+  for positions of another shape or epoch, or none (an official server).
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ import enum
 import heapq
 import itertools
 import random
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -69,7 +84,7 @@ from ._exceptions import (
     describe_close,
     server_error,
 )
-from ._types import Message, PublishAck
+from ._types import Message, PublishAck, ReplayGap
 
 __all__ = [
     "BacklogMonitor",
@@ -78,6 +93,7 @@ __all__ = [
     "Deliver",
     "Disconnected",
     "Event",
+    "Gap",
     "Handshake",
     "Listener",
     "PubSubCore",
@@ -89,7 +105,9 @@ __all__ = [
 ]
 
 USER_AGENT = "bosbase-pubsub-python"
-RESERVED_ENVELOPE_KEYS = frozenset({"type", "topic", "data", "requestId"})
+RESERVED_ENVELOPE_KEYS = frozenset({"type", "topic", "data", "requestId", "key"})
+MAX_KEY_LENGTH = 128
+"""The longest publish ``key`` the server takes."""
 HOLD_ACK_FOR = 2.0
 """At most this long a publish ack waits for its own message (which follows it at once)."""
 
@@ -121,12 +139,14 @@ class Listener:
     message already received is still handed to a listener removed since (as
     an emit in progress does in Node's ``EventEmitter``)."""
 
-    __slots__ = ("active", "handler", "topic")
+    __slots__ = ("active", "handler", "on_gap", "topic")
 
-    def __init__(self, topic: str, handler: Any) -> None:
+    def __init__(self, topic: str, handler: Any, on_gap: Any = None) -> None:
         self.topic = topic
         self.handler = handler
         """Whatever the shell subscribed with; the core never calls it."""
+        self.on_gap = on_gap
+        """Told about an incomplete replay (``None``: the shell logs it)."""
         self.active = True
 
 
@@ -135,6 +155,15 @@ class Deliver:
     """Hand ``message`` to ``listeners`` (skipping any no longer ``active``)."""
 
     message: Message
+    listeners: tuple[Listener, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A resume came back incomplete: tell ``listeners`` (their ``on_gap``) before the
+    messages that follow it, which are those the server could still replay."""
+
+    gap: ReplayGap
     listeners: tuple[Listener, ...]
 
 
@@ -199,7 +228,7 @@ class CloseSocket:
 
 
 Event = (
-    Deliver | Resolved | Rejected | Connected | Disconnected | SubscriptionLost | ServerNotice
+    Deliver | Gap | Resolved | Rejected | Connected | Disconnected | SubscriptionLost | ServerNotice
 ) | CloseSocket
 
 
@@ -218,7 +247,17 @@ _CloseReason = Literal["reconnect", "timeout", "disconnect", "close"]
 
 
 class _Request:
-    __slots__ = ("deadline", "frame", "id", "kind", "listener", "sent", "timeout", "topic")
+    __slots__ = (
+        "deadline",
+        "frame",
+        "id",
+        "kind",
+        "listener",
+        "sent",
+        "since",
+        "timeout",
+        "topic",
+    )
 
     def __init__(
         self,
@@ -239,6 +278,8 @@ class _Request:
         self.listener = listener
         self.sent = False
         """Written on the current connection (else waiting in the queue)."""
+        self.since: str | None = None
+        """The ``since`` a subscribe carried when it was written."""
 
 
 @dataclass(slots=True)
@@ -258,7 +299,8 @@ class _Topic:
         self.active = False
         """The server acknowledged the subscription on the current connection."""
         self.position: str | None = None
-        """The id of the last message delivered on this topic (for resuming)."""
+        """The position of the last message delivered on this topic, or where the
+        server said live delivery began; a re-subscribe resumes from it."""
 
 
 class BacklogMonitor:
@@ -346,6 +388,9 @@ class PubSubCore:
         self._in_flight_publishes = 0
         self._held: dict[str, _HeldAck] = {}
         """Publish acks waiting for their own message, by message id."""
+        self.server_resumes = False
+        """The server sent a ``position``: it keeps the resume extension, so a lost
+        publish may be sent again with its key."""
         self._ids = itertools.count(1)
 
         self._events: list[Event] = []
@@ -456,26 +501,42 @@ class PubSubCore:
     # --- application requests ---------------------------------------------------------
 
     def subscribe(
-        self, topic: str, handler: Any, now: float, *, timeout: float | None = None
+        self,
+        topic: str,
+        handler: Any,
+        now: float,
+        *,
+        timeout: float | None = None,
+        since: str | None = None,
+        on_gap: Any = None,
     ) -> tuple[Listener, str | None]:
-        """Add ``handler`` on ``topic``.
+        """Add ``handler`` on ``topic``; with ``since`` (a position), replay from there.
 
         Returns the listener and the id of the request to wait for, or ``None``
         when the topic is already subscribed on the live connection.
+
+        Raises ``InvalidRequest`` for ``since`` on a topic this client already
+        subscribes to (the server replays only on a topic's first subscribe).
         """
         self._check_not_closed()
         topic = check_topic(topic)
-        listener = Listener(topic, handler)
+        if since is not None and (not isinstance(since, str) or not since):
+            raise InvalidRequest("since must be a position (a non-empty string)")
         entry = self._topics.get(topic)
+        if since is not None and entry is not None:
+            raise InvalidRequest(
+                f"since needs a topic this client does not subscribe to yet ({topic!r} is)"
+            )
+        listener = Listener(topic, handler, on_gap)
         if entry is None:
             entry = self._topics[topic] = _Topic(topic)
+            entry.position = since
         entry.listeners += (listener,)
         if entry.active:
             return listener, None
         request_id = self._next_id()
-        request = self._request(
-            request_id, "subscribe", topic, self._subscribe_frame(entry, request_id), now, timeout
-        )
+        # The frame is built when it is written (``_send``): it names the position then.
+        request = self._request(request_id, "subscribe", topic, b"", now, timeout)
         request.listener = listener
         self._submit(request, now)
         return listener, request_id
@@ -515,20 +576,28 @@ class PubSubCore:
         *,
         body: Mapping[str, Any] | None = None,
         timeout: float | None = None,
+        key: str | None = None,
     ) -> str:
         """Queue a publish; returns the request id whose ``Resolved`` carries the ack.
 
+        ``key`` (a fresh random one by default) lets the server store it once
+        even when it is sent again after a lost connection.
+
         Raises ``InvalidRequest`` for an empty topic, a ``data`` that is not
-        JSON or is over the server's size limit, or a ``body`` that sets an
-        envelope field the client owns.
+        JSON or is over the server's size limit, a ``body`` that sets an
+        envelope field the client owns, or a ``key`` that is empty or too long.
         """
         self._check_not_closed()
         topic = check_topic(topic)
+        if key is None:
+            key = uuid.uuid4().hex
+        elif not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+            raise InvalidRequest(f"key must be a string of 1 to {MAX_KEY_LENGTH} characters")
         payload = protocol.encode_payload(data)
         if isinstance(payload, str):
             raise InvalidRequest(payload)
         request_id = self._next_id()
-        frame = self._publish_frame(topic, payload, request_id, body)
+        frame = self._publish_frame(topic, payload, request_id, body, key)
         self._submit(self._request(request_id, "publish", topic, frame, now, timeout), now)
         return request_id
 
@@ -603,6 +672,9 @@ class PubSubCore:
         was_closed = self.state is State.CLOSED
         established = self.state in (State.SYNCING, State.OPEN)
         self.state = State.WAITING  # while the in-flight requests are sorted out
+        # Frames not written yet belong to the dead socket: what must go out again
+        # is queued below, after ``ready``, in order (never before it, nor twice).
+        self._outbox.clear()
         self._ready_deadline = None
         self._reconnect_pending = False
         self._sync_waiting.clear()
@@ -614,17 +686,27 @@ class PubSubCore:
         for entry in self._topics.values():
             entry.active = False
         self._release_held()
+        again: list[_Request] = []
         for request in list(self._requests.values()):
             if not request.sent:
                 continue
             if request.kind == "subscribe":
-                request.sent = False  # sent again on the next connection
-                self._queue[request.id] = request
+                again.append(request)  # subscribing is idempotent
+            elif request.kind == "publish" and self.server_resumes:
+                self._in_flight_publishes -= 1
+                again.append(request)  # the same key: the server stores it once
             elif request.kind == "publish":
                 self._finish(request)
                 self._events.append(Rejected(request.id, _publish_lost(error)))
             else:  # re-subscribes are redone; unsubscribes need no new connection
                 self._finish(request)
+        if again:
+            for request in again:
+                request.sent = False
+            # Creation order (ids count up), so that a publisher's order holds.
+            waiting = [*again, *self._queue.values()]
+            waiting.sort(key=lambda request: int(request.id))
+            self._queue = {request.id: request for request in waiting}
         if was_closed:
             self.state = State.CLOSED
             return
@@ -667,14 +749,21 @@ class PubSubCore:
         if entry is None:
             return  # a topic just left: the server had already sent it
         message_id = envelope.get("id", "")
-        entry.position = message_id
+        position = envelope.get("position")
         message: Message = {
             "id": message_id,
             "topic": entry.name,
             "data": envelope.get("data"),
             "created": envelope.get("created", ""),
         }
-        self._events.append(Deliver(message, entry.listeners))
+        if type(position) is str and position:
+            if entry.position is not None and not _after(position, entry.position):
+                position = None  # delivered already (a replay overlapping live delivery)
+            else:
+                entry.position = message["position"] = position
+                self._events.append(Deliver(message, entry.listeners))
+        else:
+            self._events.append(Deliver(message, entry.listeners))
         if self._held:
             held = self._held.pop(message_id, None)
             if held is not None:
@@ -686,6 +775,10 @@ class PubSubCore:
             return
         client_id = envelope.get("clientId")
         self.client_id = client_id if isinstance(client_id, str) else ""
+        position = envelope.get("position")
+        if isinstance(position, str) and position:
+            # The server announces the resume extension from the first frame on.
+            self.server_resumes = True
         self._ready_deadline = None
         self.state = State.SYNCING
         waiting = self._sync_waiting
@@ -695,8 +788,7 @@ class PubSubCore:
             if entry.name in queued_topics:
                 continue  # its queued subscribe goes out below
             request_id = self._next_id()
-            frame = self._subscribe_frame(entry, request_id)
-            request = self._request(request_id, "resubscribe", entry.name, frame, now, None)
+            request = self._request(request_id, "resubscribe", entry.name, b"", now, None)
             self._register(request)
             self._send(request)
             waiting.add(request_id)
@@ -714,23 +806,56 @@ class PubSubCore:
             return  # late: it timed out or was cancelled
         self._finish(request)
         value: PublishAck | None = None
+        position = envelope.get("position")
+        if type(position) is not str or not position:
+            position = None
+        elif not self.server_resumes:
+            self.server_resumes = True
         if kind == "published":
-            value = {
+            ack: PublishAck = {
                 "id": envelope.get("id", ""),
                 "topic": envelope.get("topic", request.topic),
                 "created": envelope.get("created", ""),
             }
+            if position is not None:
+                ack["position"] = position
+            value = ack
             entry = self._topics.get(request.topic)
-            if entry is not None and entry.active and type(value["id"]) is str:
+            if (
+                entry is not None
+                and entry.active
+                and type(ack["id"]) is str
+                # A resent publish whose message was delivered before the loss: no wait.
+                and (position is None or entry.position is None or _after(position, entry.position))
+            ):
                 # Our own copy follows the ack: answer once it has been delivered.
                 deadline = min(request.deadline, now + HOLD_ACK_FOR)
-                self._held[value["id"]] = _HeldAck(request.id, request.topic, value, deadline)
+                self._held[ack["id"]] = _HeldAck(request.id, request.topic, ack, deadline)
                 return
         elif kind == "subscribed":
             entry = self._topics.get(request.topic)
             if entry is not None:
                 entry.active = True
+                self._on_subscribed(entry, request, envelope.get("replay"), position)
         self._events.append(Resolved(request.id, value))
+
+    def _on_subscribed(
+        self, entry: _Topic, request: _Request, replay: object, position: str | None
+    ) -> None:
+        since = request.since
+        if since is None or replay not in ("pruned", "unknown"):
+            if entry.position is None:
+                entry.position = position  # nothing delivered yet: resume from here
+            return
+        if replay == "unknown" and position is not None:
+            entry.position = position  # ours means nothing to this store: start over
+        gap: ReplayGap = {
+            "topic": entry.name,
+            "replay": "pruned" if replay == "pruned" else "unknown",
+            "since": since,
+            "position": position,
+        }
+        self._events.append(Gap(gap, entry.listeners))
 
     def _on_error(self, envelope: dict[str, Any], now: float) -> None:
         text = envelope.get("message")
@@ -786,8 +911,13 @@ class PubSubCore:
 
     def _send(self, request: _Request) -> None:
         request.sent = True
-        if request.kind == "publish":
+        kind = request.kind
+        if kind == "publish":
             self._in_flight_publishes += 1
+        elif kind == "subscribe" or kind == "resubscribe":
+            entry = self._topics.get(request.topic)
+            request.since = entry.position if entry is not None else None
+            request.frame = _subscribe_frame(request.topic, request.id, request.since)
         self._outbox.append(request.frame)
 
     def _finish(self, request: _Request) -> None:
@@ -877,15 +1007,9 @@ class PubSubCore:
 
     # --- frames -----------------------------------------------------------------------
 
-    def _subscribe_frame(self, entry: _Topic, request_id: str) -> bytes:
-        # Resume extension (a later issue): once the server can replay from a
-        # position, name ``entry.position`` here so that a re-subscribe gets what
-        # was published while the connection was down, without a gap.
-        return orjson.dumps({"type": "subscribe", "topic": entry.name, "requestId": request_id})
-
     @staticmethod
     def _publish_frame(
-        topic: str, payload: bytes, request_id: str, body: Mapping[str, Any] | None
+        topic: str, payload: bytes, request_id: str, body: Mapping[str, Any] | None, key: str
     ) -> bytes:
         fields: dict[str, Any] = {}
         if body:
@@ -894,7 +1018,7 @@ class PubSubCore:
                 names = ", ".join(sorted(clash))
                 raise InvalidRequest(f"body may not set the envelope's own fields ({names})")
             fields.update(body)
-        fields.update(type="publish", topic=topic, requestId=request_id)
+        fields.update(type="publish", topic=topic, requestId=request_id, key=key)
         try:
             head = orjson.dumps(fields)
         except TypeError as error:
@@ -946,6 +1070,27 @@ class PubSubCore:
     def _check_not_closed(self) -> None:
         if self.state is State.CLOSED:
             raise ClientClosed("the client was closed")
+
+
+def _subscribe_frame(topic: str, request_id: str, since: str | None) -> bytes:
+    fields = {"type": "subscribe", "topic": topic, "requestId": request_id}
+    if since is not None:
+        fields["since"] = since
+    return orjson.dumps(fields)
+
+
+def _after(position: str, last: str) -> bool:
+    """``position`` comes after ``last`` in the server's delivery order.
+
+    The one place positions are read: two of this server's ``EPOCH:SEQ`` of
+    the same epoch compare by ``SEQ``; anything else (another shape, another
+    epoch, a database replaced) is taken as after, trusting the server.
+    """
+    epoch, _, seq = position.rpartition(":")
+    last_epoch, _, last_seq = last.rpartition(":")
+    if epoch != last_epoch or not epoch or not (seq.isdigit() and last_seq.isdigit()):
+        return True
+    return int(seq) > int(last_seq)
 
 
 def _publish_lost(error: BosBaseError) -> ConnectionClosed:

@@ -51,6 +51,7 @@ from ._core import (
     Deliver,
     Disconnected,
     Event,
+    Gap,
     Handshake,
     Listener,
     PubSubCore,
@@ -68,7 +69,7 @@ from ._exceptions import (
 )
 from ._link import Link, wait
 from ._records import ApiCall, RecordService, build_request, read_response
-from ._types import AuthResponse, Handler, Message, PublishAck
+from ._types import AuthResponse, GapHandler, Handler, Message, PublishAck
 
 __all__ = ["BosBase", "PubSub"]
 
@@ -205,9 +206,10 @@ class PubSub:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        key: str | None = None,
     ) -> PublishAck:
         """Publish ``data`` (any JSON value) on ``topic``; returns the server's ack
-        ``{id, topic, created}`` once the message is stored.
+        ``{id, topic, created}`` (and ``position``) once the message is stored.
 
         Without a connection it waits for one, within ``timeout``. Requests are
         pipelined: many threads may publish at once over the one socket. When
@@ -220,21 +222,26 @@ class PubSub:
             query, headers: added to the WebSocket handshake, the only place
                 the server reads them; new values reconnect first.
             timeout: seconds to wait for the ack (default ``Timeouts.request``).
+            key: the publish's idempotency key (at most 128 characters; a fresh
+                random one by default). If the connection drops before the ack,
+                the publish is sent again with it after the reconnect, within
+                ``timeout``, and the server stores it once.
 
         Raises:
             AuthError: the connection has no valid token (``authentication
                 required to publish``).
             ServerError: any other refusal (``payload too large``, rate limit...).
             RequestTimeout: no ack (or no connection) in time.
-            ConnectionClosed: the connection dropped before the ack; the message
-                may or may not have been stored.
+            ConnectionClosed: the connection dropped before the ack, and the
+                server never showed it keeps keys (the resume extension): the
+                message may or may not have been stored.
             InvalidRequest: an empty topic, or data that is not JSON or too large.
             ClientClosed: the client was closed.
         """
 
         def start(now: float) -> str | None:
             self._core.update_handshake(query, headers, now)
-            return self._core.publish(topic, data, now, body=body, timeout=timeout)
+            return self._core.publish(topic, data, now, body=body, timeout=timeout, key=key)
 
         return cast(PublishAck, self._call(start, timeout))
 
@@ -246,24 +253,41 @@ class PubSub:
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        since: str | None = None,
+        on_gap: GapHandler | None = None,
     ) -> Callable[[], None]:
-        """Call ``handler(message)`` for every message on ``topic``, from now on.
+        """Call ``handler(message)`` for every message on ``topic``, from now on
+        (or from ``since``).
 
         Returns once the server confirmed the subscription, with a function
         that removes this handler (the last one removed unsubscribes the topic).
         Handlers run on the dispatcher thread, one message at a time, in the
         server's order; an exception in one is logged and delivery goes on.
+        After a reconnect the topic resumes from the last message delivered,
+        with no gap and no duplicate.
+
+        Args:
+            since: a position (``message["position"]``, ``ack["position"]``):
+                first replay every message of the topic stored after it. Only
+                for a topic this client does not subscribe to yet.
+            on_gap: called with a ``ReplayGap`` (on the dispatcher thread,
+                before the messages that follow) when a resume, or ``since``,
+                could not replay everything; without one, a warning is logged.
 
         Raises ``ServerError`` if the server refuses (e.g. too many
         subscriptions), ``RequestTimeout``, ``InvalidRequest``, ``ClientClosed``.
         """
         if not callable(handler):
             raise TypeError("handler must be callable")
+        if on_gap is not None and not callable(on_gap):
+            raise TypeError("on_gap must be callable")
         holder: list[Listener] = []
 
         def start(now: float) -> str | None:
             self._core.update_handshake(query, headers, now)
-            listener, request_id = self._core.subscribe(topic, handler, now, timeout=timeout)
+            listener, request_id = self._core.subscribe(
+                topic, handler, now, timeout=timeout, since=since, on_gap=on_gap
+            )
             holder.append(listener)
             return request_id
 
@@ -406,11 +430,15 @@ class PubSub:
         """
         dispatcher = self._dispatcher
         waiters = self._waiters
-        batch: list[Deliver] = []
+        batch: list[Deliver | Gap] = []
         for event in events:
             kind = type(event)
             if kind is Deliver:
                 batch.append(cast(Deliver, event))
+                continue
+            if kind is Gap:
+                if _tell_gap(cast(Gap, event)):
+                    batch.append(cast(Gap, event))
                 continue
             after_messages = bool(batch)
             if batch and dispatcher is not None:
@@ -526,6 +554,21 @@ class PubSub:
                 self._core.connection_failed(error, now)
 
 
+def _tell_gap(event: Gap) -> bool:
+    """Whether a listener takes the gap (``on_gap``); if none does, log it."""
+    if any(listener.on_gap is not None for listener in event.listeners):
+        return True
+    gap = event.gap
+    log.warning(
+        "resuming %r from %s: replay %s, messages may be missing (pass on_gap to subscribe"
+        " to handle it)",
+        gap["topic"],
+        gap["since"],
+        gap["replay"],
+    )
+    return False
+
+
 def _log_event(event: Event) -> None:
     if isinstance(event, Connected):
         log.info("pub/sub connected (client id %s)", event.client_id)
@@ -565,7 +608,7 @@ class _Dispatcher:
     """The thread that calls message handlers, batch by batch, in order."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[list[Deliver] | _Waiter | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Deliver | Gap] | _Waiter | None] = queue.SimpleQueue()
         self._backlog = 0
         self._backlog_lock = threading.Lock()
         self._monitor = BacklogMonitor()
@@ -574,7 +617,7 @@ class _Dispatcher:
         )
         self._thread.start()
 
-    def put(self, batch: list[Deliver]) -> None:
+    def put(self, batch: list[Deliver | Gap]) -> None:
         with self._backlog_lock:
             self._backlog += len(batch)
             warning = self._monitor.check(self._backlog, time.monotonic())
@@ -606,7 +649,10 @@ class _Dispatcher:
                 batch.answer(batch.acked)
                 continue
             for deliver in batch:
-                message: Message = deliver.message
+                if type(deliver) is Gap:
+                    _call_on_gap(deliver)
+                    continue
+                message: Message = cast(Deliver, deliver).message
                 for listener in deliver.listeners:
                     try:
                         listener.handler(message)
@@ -615,3 +661,13 @@ class _Dispatcher:
             with self._backlog_lock:
                 self._backlog -= len(batch)
                 self._monitor.check(self._backlog, time.monotonic())
+
+
+def _call_on_gap(event: Gap) -> None:
+    for listener in event.listeners:
+        if listener.on_gap is None:
+            continue
+        try:
+            listener.on_gap(event.gap)
+        except Exception:
+            log.exception("an on_gap callback of topic %r failed", listener.topic)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .. import protocol
 from .auth import Authenticator
-from .cluster import Follower
+from .cluster import Follower, Sequencer
 from .commits import CommitQueue
 from .config import ServerConfig
 from .cors import cors_middleware
@@ -34,6 +34,9 @@ from .storage import Message, Store, StoreError, open_store
 from .websocket import PubSubEndpoint
 
 log = logging.getLogger("bosbase_pubsub.server")
+
+EPOCH_PARAM = "pubsub.epoch"
+"""The ``_params`` row holding the database's epoch (the first part of positions)."""
 
 HEALTH_TIMEOUT = 2.0
 """Seconds ``/api/health`` waits for the store before calling the node degraded."""
@@ -65,11 +68,21 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
     )
     metrics = Metrics()
     hub = Hub(metrics, outbound_buffer_bytes=config.limits.outbound_buffer_bytes)
-    commits = CommitQueue(store, hub, metrics)
-    authenticator = Authenticator(store.accounts, config.auth)
     node_id = new_id()
+    feed = store.feed(skip_origin=node_id)
+    follower = None
+    if feed is None:
+        commits = CommitQueue(store, hub, metrics)
+    else:
+        # Own batches and the other nodes' rows reach the hub in seq order.
+        sequencer = Sequencer(hub, node_id)
+        commits = CommitQueue(store, sequencer, metrics)
+        sequencer.commits = commits
+        follower = Follower(feed, sequencer, node_id=node_id)
+    authenticator = Authenticator(store.accounts, config.auth)
     endpoint = PubSubEndpoint(
         hub=hub,
+        store=store,
         commits=commits,
         authenticator=authenticator,
         metrics=metrics,
@@ -77,8 +90,6 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
         node_id=node_id,
         heartbeat=config.heartbeat,
     )
-    feed = store.feed(skip_origin=node_id)
-    follower = None if feed is None else Follower(feed, hub, node_id=node_id)
     node = Node(config, store, metrics, hub, commits, authenticator, endpoint, node_id, follower)
 
     # Request bodies are bounded above the payload limit; the publish route
@@ -102,9 +113,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE]
     await node.store.open()
     await node.authenticator.start()
+    # Created once per database: positions from another (or a wiped) one are unknown.
+    node.hub.epoch = await node.store.accounts.secret(EPOCH_PARAM, new_id()[:10])
     if node.follower is not None:
         # Before listening: the node delivers every message stored from now on.
         await node.follower.start()
+        node.hub.position = node.follower.position
+    else:
+        node.hub.position = (await node.store.positions()).newest
     pruning = asyncio.get_running_loop().create_task(
         run_retention(node.store, node.config.retention, node.metrics)
     )
@@ -176,6 +192,11 @@ async def http_publish(request: web.Request) -> web.Response:
     limits = node.config.limits
     if len(topic) > limits.max_topic_length:
         return api_error(400, f"topic is too long (at most {limits.max_topic_length} characters)")
+    key = envelope.get("key")
+    if key is not None and not isinstance(key, str):
+        return api_error(400, protocol.ERR_INVALID_FORMAT)
+    if key is not None and len(key) > protocol.MAX_KEY_LENGTH:
+        return api_error(400, protocol.ERR_KEY_TOO_LONG)
     data = protocol.encode_payload(envelope.get("data"))
     if data == protocol.ERR_PAYLOAD_TOO_LARGE:
         return api_error(413, data)
@@ -189,18 +210,29 @@ async def http_publish(request: web.Request) -> web.Response:
         created=now_created(),
         origin=node.node_id,
         created_by=identity.record_id,
+        key=key or None,
     )
-    stored: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    stored: asyncio.Future[tuple[Message, BaseException | None]] = (
+        asyncio.get_running_loop().create_future()
+    )
 
     def on_stored(message: Message, error: BaseException | None) -> None:
         if not stored.done():
-            stored.set_result(error)
+            stored.set_result((message, error))
 
     node.commits.submit(message, on_stored)
     # Shielded: a client that hangs up does not un-queue a publish.
-    if await asyncio.shield(stored) is not None:
+    message, error = await asyncio.shield(stored)
+    if error is not None:
         return api_error(500, protocol.ERR_PUBLISH_FAILED)
-    return json_response({"id": message.id, "topic": message.topic, "created": message.created})
+    return json_response(
+        {
+            "id": message.id,
+            "topic": message.topic,
+            "created": message.created,
+            "position": node.hub.position_text(message.seq),
+        }
+    )
 
 
 async def serve(config: ServerConfig) -> None:

@@ -11,6 +11,9 @@ Invariants:
   messages are stored, acknowledged and delivered in the order it sent them.
 * Acks go out before the batch is fanned out (the contract: ``published``,
   then ``message``).
+* A publish whose key was stored before (or earlier in its batch) is acked
+  with the first message (same id, created and position) and not fanned out
+  again: ``on_stored`` gets that first message.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from .storage import Message, Store, StoreError
 log = logging.getLogger("bosbase_pubsub.commits")
 
 OnStored = Callable[[Message, BaseException | None], None]
-"""Called once per publish: with ``None`` after its commit, or with the error."""
+"""Called once per publish: with the stored message (its ``seq`` set) and ``None``
+after its commit, or with the submitted message and the error."""
 
 
 class Deliverer(Protocol):
@@ -55,6 +59,8 @@ class CommitQueue:
         self._writer: asyncio.Task[None] | None = None
         self.degraded = False
         """True after a failed commit, until one succeeds."""
+        self.committing = False
+        """True while a batch is being stored (its outcome is not known yet)."""
 
     def submit(self, message: Message, on_stored: OnStored) -> None:
         """Queue ``message``; ``on_stored`` runs once it committed or failed."""
@@ -83,9 +89,11 @@ class CommitQueue:
     async def _commit(self, batch: list[tuple[Message, OnStored]]) -> None:
         messages = [message for message, _ in batch]
         started = time.perf_counter()
+        self.committing = True
         try:
-            await self._store.append(messages)
+            stored = await self._store.append(messages)
         except Exception as error:
+            self.committing = False
             if not self.degraded:
                 log.error("store failed to commit %d messages: %s", len(messages), error)
             self.degraded = True
@@ -95,14 +103,24 @@ class CommitQueue:
         if self.degraded:
             log.info("store recovered")
             self.degraded = False
+        self.committing = False
         self._metrics.observe_commit(time.perf_counter() - started, len(messages))
-        _notify(batch, None)
-        self._hub.deliver(messages)
+        fresh: list[Message] = []
+        for (message, on_stored), result in zip(batch, stored, strict=True):
+            if result.id == message.id:
+                fresh.append(result)
+            _call(on_stored, result, None)
+        # In the same step as ``committing`` went False (see ``cluster.Sequencer``).
+        self._hub.deliver(fresh)
+
+
+def _call(on_stored: OnStored, message: Message, error: BaseException | None) -> None:
+    try:
+        on_stored(message, error)
+    except Exception:  # one broken callback must not cost the others their ack
+        log.exception("publish callback failed for message %s", message.id)
 
 
 def _notify(batch: list[tuple[Message, OnStored]], error: BaseException | None) -> None:
     for message, on_stored in batch:
-        try:
-            on_stored(message, error)
-        except Exception:  # one broken callback must not cost the others their ack
-            log.exception("publish callback failed for message %s", message.id)
+        _call(on_stored, message, error)

@@ -12,7 +12,16 @@ Invariants:
   ``CLOSE_SLOW_CONSUMER`` (1013). The others are unaffected, and the
   server's memory stays bounded by the limit times the number of sockets.
 * ``deliver`` is synchronous: no subscriber can join or leave a topic while
-  a batch is being written, so delivery order equals commit order.
+  a batch is being written, so delivery order equals commit order. Batches
+  come in ``seq`` (position) order, whichever node stored them (see
+  ``cluster.Sequencer``); ``position`` is the last ``seq`` delivered, so a
+  subscription that joins now gets every message after it.
+* A subscription resuming from a position (``CatchUp``) is kept out of the
+  live set while the store replays what it missed: the messages delivered
+  meanwhile are held for it (their bytes count against its outbound limit),
+  and written after the replay, when it joins the live set, in one step. The
+  hot loop pays one dict lookup per topic for this, and nothing when no
+  subscription is catching up.
 """
 
 from __future__ import annotations
@@ -88,13 +97,49 @@ class Subscriber:
         asyncio.get_running_loop().call_later(grace, transport.abort)
 
 
+class CatchUp:
+    """A subscription replaying from the store: live messages are held until it is done."""
+
+    __slots__ = ("after", "held", "held_bytes", "subscriber", "topic")
+
+    def __init__(self, subscriber: Subscriber, topic: str, after: int) -> None:
+        self.subscriber = subscriber
+        self.topic = topic
+        self.after = after
+        """Held messages at or below this ``seq`` are dropped (replayed, or seen before)."""
+        self.held: list[tuple[int, bytes]] = []
+        self.held_bytes = 0
+
+
 class Hub:
     """Topic membership and fan-out for the subscribers of this node."""
 
     def __init__(self, metrics: Metrics, *, outbound_buffer_bytes: int) -> None:
         self._topics: dict[str, set[Subscriber]] = {}
+        self._catching_up: dict[str, dict[Subscriber, CatchUp]] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._metrics = metrics
         self._limit = outbound_buffer_bytes
+        self.epoch = ""
+        """The store's epoch: the first part of every position (set once the store is open)."""
+        self.position = 0
+        """The ``seq`` of the last message delivered (every later one will be)."""
+
+    @property
+    def outbound_limit(self) -> int:
+        return self._limit
+
+    def position_text(self, seq: int | None = None) -> str:
+        """``seq`` (default: ``position``) as a position string."""
+        return protocol.format_position(self.epoch, self.position if seq is None else seq)
+
+    async def reached(self, seq: int) -> None:
+        """Return once every message up to ``seq`` has been delivered (``position >= seq``)."""
+        if self.position >= seq:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, future))
+        await future
 
     @property
     def topic_count(self) -> int:
@@ -111,6 +156,37 @@ class Hub:
         self._topics.setdefault(topic, set()).add(subscriber)
         self._metrics.subscriptions += 1
 
+    def begin_catch_up(self, subscriber: Subscriber, topic: str, after: int) -> CatchUp | None:
+        """Subscribe ``subscriber`` to ``topic``, holding its live messages; None if subscribed.
+
+        Call ``finish_catch_up`` once the replay is written.
+        """
+        if topic in subscriber.topics:
+            return None
+        subscriber.topics.add(topic)
+        catch_up = CatchUp(subscriber, topic, after)
+        self._catching_up.setdefault(topic, {})[subscriber] = catch_up
+        self._metrics.subscriptions += 1
+        return catch_up
+
+    def finish_catch_up(self, catch_up: CatchUp) -> None:
+        """Write the held messages after ``catch_up.after``, then deliver live."""
+        subscriber, topic = catch_up.subscriber, catch_up.topic
+        members = self._catching_up.get(topic)
+        if members is None or members.get(subscriber) is not catch_up:
+            return  # unsubscribed (or closed) meanwhile
+        del members[subscriber]
+        if not members:
+            del self._catching_up[topic]
+        frames = [frame for seq, frame in catch_up.held if seq > catch_up.after]
+        catch_up.held.clear()
+        if frames:
+            subscriber.write(b"".join(frames))
+            self._metrics.delivered += len(frames)
+        self._topics.setdefault(topic, set()).add(subscriber)
+        if subscriber.transport.get_write_buffer_size() > self._limit:
+            self._close_slow(subscriber)
+
     def unsubscribe(self, subscriber: Subscriber, topics: Iterable[str] | None = None) -> None:
         """Remove ``subscriber`` from ``topics`` (all of its topics when None)."""
         for topic in list(subscriber.topics if topics is None else topics):
@@ -122,23 +198,46 @@ class Hub:
                 members.discard(subscriber)
                 if not members:
                     del self._topics[topic]
+            catching_up = self._catching_up.get(topic)
+            if catching_up is not None:
+                catching_up.pop(subscriber, None)
+                if not catching_up:
+                    del self._catching_up[topic]
             self._metrics.subscriptions -= 1
 
     def deliver(self, messages: Sequence[Message]) -> None:
-        """Write ``messages`` (in order) to every subscriber of their topics."""
+        """Write ``messages`` (in ``seq`` order) to every subscriber of their topics."""
+        if not messages:
+            return
+        topics = self._topics
+        catching_up = self._catching_up
+        epoch = self.epoch
         frames_by_topic: dict[str, list[bytes]] = {}
         for message in messages:
-            if message.topic in self._topics:
+            topic = message.topic
+            if topic in topics or (catching_up and topic in catching_up):
                 frame = encode_text_frame(
-                    protocol.message_frame(message.id, message.topic, message.data, message.created)
+                    protocol.message_frame(
+                        message.id,
+                        topic,
+                        message.data,
+                        message.created,
+                        f"{epoch}:{message.seq}",
+                    )
                 )
-                frames_by_topic.setdefault(message.topic, []).append(frame)
+                frames_by_topic.setdefault(topic, []).append(frame)
+        self.position = messages[-1].seq
         limit = self._limit
         delivered = 0
         for topic, frames in frames_by_topic.items():
+            if catching_up and topic in catching_up:
+                self._hold(topic, messages, frames)
+            members = topics.get(topic)
+            if not members:
+                continue
             joined = frames[0] if len(frames) == 1 else b"".join(frames)
             count = len(frames)
-            for subscriber in self._topics[topic]:
+            for subscriber in members:
                 if subscriber.closed:
                     continue
                 transport = subscriber.transport
@@ -150,6 +249,34 @@ class Hub:
                 if transport.get_write_buffer_size() > limit:
                     self._close_slow(subscriber)
         self._metrics.delivered += delivered
+        if self._waiters:
+            self._wake_waiters()
+
+    def _hold(self, topic: str, messages: Sequence[Message], frames: list[bytes]) -> None:
+        seqs = [message.seq for message in messages if message.topic == topic]
+        for catch_up in list(self._catching_up[topic].values()):
+            subscriber = catch_up.subscriber
+            for seq, frame in zip(seqs, frames, strict=True):
+                if seq > catch_up.after:
+                    catch_up.held.append((seq, frame))
+                    catch_up.held_bytes += len(frame)
+            if (
+                not subscriber.closed
+                and catch_up.held_bytes + subscriber.transport.get_write_buffer_size() > self._limit
+            ):
+                catch_up.held.clear()
+                self._close_slow(subscriber)
+
+    def _wake_waiters(self) -> None:
+        position = self.position
+        waiting = []
+        for seq, future in self._waiters:
+            if seq <= position:
+                if not future.done():
+                    future.set_result(None)
+            elif not future.done():
+                waiting.append((seq, future))
+        self._waiters = waiting
 
     def _close_slow(self, subscriber: Subscriber) -> None:
         self._metrics.slow_consumer_closes += 1

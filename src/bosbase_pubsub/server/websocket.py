@@ -23,7 +23,8 @@ from .config import Limits
 from .hub import Hub, Subscriber
 from .ids import new_id, now_created
 from .metrics import Metrics
-from .storage import Message, StoreError
+from .resume import catch_up
+from .storage import Message, Store, StoreError
 
 log = logging.getLogger("bosbase_pubsub.websocket")
 
@@ -71,6 +72,7 @@ class PubSubEndpoint:
         self,
         *,
         hub: Hub,
+        store: Store,
         commits: CommitQueue,
         authenticator: Authenticator,
         metrics: Metrics,
@@ -79,6 +81,7 @@ class PubSubEndpoint:
         heartbeat: float,
     ) -> None:
         self.hub = hub
+        self.store = store
         self.commits = commits
         self.authenticator = authenticator
         self.metrics = metrics
@@ -122,6 +125,7 @@ class PubSubEndpoint:
         try:
             await connection.serve(ws)
         finally:
+            connection.stop_replays()
             self.hub.unsubscribe(connection.subscriber)
             connection.subscriber.closed = True
             self.metrics.connections -= 1
@@ -143,7 +147,7 @@ class PubSubEndpoint:
 class Connection:
     """One client's session: its subscriptions, identity and publish budget."""
 
-    __slots__ = ("bucket", "endpoint", "identity", "subscriber")
+    __slots__ = ("bucket", "endpoint", "identity", "replays", "subscriber")
 
     def __init__(
         self, endpoint: PubSubEndpoint, subscriber: Subscriber, identity: Identity | None
@@ -153,9 +157,20 @@ class Connection:
         self.identity = identity
         limits = endpoint.limits
         self.bucket = PublishBucket(limits.publish_rate, limits.publish_burst)
+        self.replays: dict[str, asyncio.Task[None]] = {}
+        """Subscriptions catching up from the store, by topic."""
+
+    def stop_replays(self, topic: str | None = None) -> None:
+        """Cancel the replay of ``topic`` (of every topic when None)."""
+        for name in list(self.replays) if topic is None else [topic]:
+            task = self.replays.pop(name, None)
+            if task is not None:
+                task.cancel()
 
     async def serve(self, ws: web.WebSocketResponse) -> None:
-        self.subscriber.send(protocol.ready_frame(self.subscriber.client_id))
+        self.subscriber.send(
+            protocol.ready_frame(self.subscriber.client_id, self.endpoint.hub.position_text())
+        )
         while True:
             msg = await ws.receive()
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
@@ -176,6 +191,8 @@ class Connection:
             self.subscribe(request)
         elif isinstance(request, protocol.Unsubscribe):
             topics = [request.topic] if request.topic else None
+            if self.replays:
+                self.stop_replays(request.topic or None)
             self.endpoint.hub.unsubscribe(self.subscriber, topics)
             self.reply(protocol.unsubscribed_frame(request.request_id))
         elif isinstance(request, protocol.Ping):
@@ -196,8 +213,44 @@ class Connection:
         if topic not in topics and len(topics) >= limits.max_subscriptions:
             self.reply(protocol.error_frame(request.request_id, err_too_many_subscriptions(limits)))
             return
-        self.endpoint.hub.subscribe(self.subscriber, topic)
-        self.reply(protocol.subscribed_frame(request.request_id))
+        hub = self.endpoint.hub
+        resume = protocol.parse_position(request.since) if request.since else None
+        if topic in topics or not request.since:
+            hub.subscribe(self.subscriber, topic)  # a no-op when subscribed already
+            self.reply(protocol.subscribed_frame(request.request_id, hub.position_text()))
+            return
+        if resume is None or resume[0] != hub.epoch:
+            # Not a position of this database: live from here, and the client refetches.
+            hub.subscribe(self.subscriber, topic)
+            self.reply(
+                protocol.subscribed_frame(
+                    request.request_id, hub.position_text(), protocol.REPLAY_UNKNOWN
+                )
+            )
+            return
+        # In this step: every message after ``live_from`` is held for the replay.
+        live_from = hub.position
+        held = hub.begin_catch_up(self.subscriber, topic, live_from)
+        assert held is not None
+        task = asyncio.get_running_loop().create_task(
+            catch_up(
+                store=self.endpoint.store,
+                hub=hub,
+                metrics=self.endpoint.metrics,
+                catch_up=held,
+                since=resume[1],
+                live_from=live_from,
+                request_id=request.request_id,
+            )
+        )
+        self.replays[topic] = task
+        task.add_done_callback(lambda done: self._replay_done(topic, done))
+
+    def _replay_done(self, topic: str, task: asyncio.Task[None]) -> None:
+        if self.replays.get(topic) is task:
+            del self.replays[topic]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("replay of %r failed", topic, exc_info=task.exception())
 
     def publish(self, request: protocol.Publish) -> None:
         endpoint = self.endpoint
@@ -220,13 +273,19 @@ class Connection:
             created=now_created(),
             origin=endpoint.node_id,
             created_by=identity.record_id,
+            key=request.key or None,
         )
         subscriber = self.subscriber
+        hub = endpoint.hub
 
         def on_stored(message: Message, error: BaseException | None) -> None:
             if error is None:
                 frame = protocol.published_frame(
-                    request_id, message.id, message.topic, message.created
+                    request_id,
+                    message.id,
+                    message.topic,
+                    message.created,
+                    hub.position_text(message.seq),
                 )
             else:
                 frame = protocol.error_frame(request_id, protocol.ERR_PUBLISH_FAILED)

@@ -34,7 +34,7 @@ def message(
     topic: str = "t", data: bytes = b"1", *, origin: str = "node-a", **fields: str
 ) -> Message:
     """A message as a node would build it (fields may be overridden)."""
-    values = {"id": new_id(), "created": now_created(), "created_by": None, **fields}
+    values = {"id": new_id(), "created": now_created(), "created_by": None, "key": None, **fields}
     return Message(
         id=values["id"],
         topic=topic,
@@ -42,4 +42,5 @@ def message(
         created=values["created"],
         origin=origin,
         created_by=values["created_by"],
+        key=values["key"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import asyncpg
 import pytest
@@ -100,7 +101,9 @@ async def test_the_feed_starts_at_the_newest_and_returns_every_later_message_onc
         assert ids(received) == [m.id for batch in batches for m in batch]
         # Nothing more: no duplicates, and not the message stored before the feed opened.
         assert await feed.next_batch() == []
-        assert received[0] == batches[0][0]  # every field comes back as stored
+        # Every field comes back as stored, with its seq.
+        assert received[0] == replace(batches[0][0], seq=received[0].seq)
+        assert [m.seq for m in received] == sorted({m.seq for m in received})
     finally:
         await feed.close()
 
@@ -184,20 +187,23 @@ async def test_the_feed_catches_up_after_its_connection_is_cut(
         await feed.close()
 
 
-async def test_the_feed_leaves_out_the_nodes_own_messages(stores: list[PostgresStore]) -> None:
+async def test_the_feed_returns_the_nodes_own_messages_as_markers(
+    stores: list[PostgresStore],
+) -> None:
     a, b = stores
     feed = await feed_of(a, skip_origin="a")
     try:
-        await a.append([message(origin="a") for _ in range(3)])
-        others = [message(origin="b")]
-        await b.append(others)
-        await a.append([message(origin="a")])
-        assert ids(await collect(feed, 1)) == ids(others)
-        # The node's own rows moved the cursor along: nothing comes back later.
+        own = await a.append([message(origin="a") for _ in range(3)])
+        others = await b.append([message(origin="b")])
+        own += await a.append([message(origin="a")])
+        received = await collect(feed, 5)
+        assert [m.seq for m in received] == sorted(m.seq for m in own + others)
+        assert [m for m in received if m.origin != "a"] == others
+        # Markers: the seq and origin of our own rows, nothing else.
+        assert {(m.id, m.topic, m.data) for m in received if m.origin == "a"} == {("", "", b"")}
         await asyncio.sleep(0.3)
         assert await feed.next_batch() == []
-        assert feed.position is not None
-        assert feed.position >= 5
+        assert feed.position == own[-1].seq
     finally:
         await feed.close()
 

@@ -70,3 +70,57 @@ def test_the_backend_is_chosen_by_url_scheme(tmp_path: Path) -> None:
         assert type(open_store(url, tmp_path)).__name__ == "PostgresStore"
     with pytest.raises(ValueError, match="unsupported database URL scheme 'mysql'"):
         open_store("mysql://u@h/d", tmp_path)
+
+
+async def test_append_returns_consecutive_seqs_and_read_topic_pages_by_seq(store: Store) -> None:
+    first = await store.append([message("a"), message("b"), message("a")])
+    second = await store.append([message("a")])
+    seqs = [m.seq for m in first + second]
+    assert seqs == list(range(seqs[0], seqs[0] + 4))
+    assert [m.id for m in await store.read_topic("a", 0, 10**9, 10)] == [
+        first[0].id,
+        first[2].id,
+        second[0].id,
+    ]
+    assert [m.seq for m in await store.read_topic("a", seqs[0], seqs[3], 1)] == [seqs[2]]
+    assert await store.read_topic("a", seqs[3], 10**9, 10) == []
+    positions = await store.positions()
+    assert (positions.newest, positions.pruned_through) == (seqs[3], 0)
+
+
+async def test_pruning_raises_pruned_through(store: Store) -> None:
+    old = await store.append([message(created="2000-01-01 00:00:00.000Z") for _ in range(3)])
+    recent = await store.append([message()])
+    assert await store.prune("2001-01-01 00:00:00.000Z", 100) == 3
+    positions = await store.positions()
+    assert positions.pruned_through == old[-1].seq
+    assert positions.newest == recent[0].seq
+    await store.prune(FAR_FUTURE, 100)
+    assert (await store.positions()).newest == recent[0].seq  # still known
+
+
+async def test_a_key_is_stored_once_per_publisher(store: Store) -> None:
+    first = await store.append([message(created_by="u1", key="k")])
+    batch = [
+        message(created_by="u1", key="k"),  # stored before
+        message(created_by="u2", key="k"),  # another publisher's key
+        message(created_by="u1", key="j"),
+        message(created_by="u1", key="j"),  # twice in one batch
+        message(created_by="u1"),
+    ]
+    stored = await store.append(batch)
+    assert stored[0].id == first[0].id
+    assert stored[0].seq == first[0].seq
+    assert stored[0].created == first[0].created
+    assert [s.id == b.id for s, b in zip(stored, batch, strict=True)] == [
+        False,
+        True,
+        True,
+        False,
+        True,
+    ]
+    assert stored[3].id == stored[2].id
+    assert stored[3].seq == stored[2].seq
+    fresh = [s.seq for s, b in zip(stored, batch, strict=True) if s.id == b.id]
+    assert fresh == list(range(fresh[0], fresh[0] + 3))
+    assert await count(store) == 4

@@ -10,6 +10,7 @@ from .base import (
     DuplicateRecordError,
     Feed,
     Message,
+    Positions,
     Store,
     StoreError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "DuplicateRecordError",
     "Feed",
     "Message",
+    "Positions",
     "Store",
     "StoreError",
     "open_store",

@@ -41,6 +41,20 @@ class Message:
     """The id of the node that stored it."""
     created_by: str | None
     """The publisher's record id."""
+    seq: int = 0
+    """The global sequence number (``seq``), increasing in commit order; 0 until stored."""
+    key: str | None = None
+    """The publisher's idempotence key: one message per (``created_by``, ``key``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Positions:
+    """Where the message sequence of a store stands (for resuming subscriptions)."""
+
+    newest: int
+    """The highest ``seq`` ever stored (pruned messages included); 0 when none."""
+    pruned_through: int
+    """The highest ``seq`` retention ever deleted; 0 when none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +109,19 @@ class Feed(abc.ABC):
 
     Call ``open`` once, then ``next_batch`` in a loop; ``close`` at the end.
     The feed starts at the newest message stored when it opens: it returns
-    every message stored after that by another node, each exactly once.
+    every message stored after that, each exactly once, in ``seq`` order.
+    The node's own messages come back as *markers*: only their ``seq`` and
+    ``origin`` are set (the node has their content already).
     """
+
+    @property
+    def position(self) -> int:
+        """The highest ``seq`` read so far (the newest stored one right after ``open``)."""
+        return 0
+
+    def wake(self) -> None:
+        """Make a pending or the next ``next_batch`` read the store now, not at its next poll."""
+        return  # a feed without a poll interval reads at once anyway
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -134,15 +159,32 @@ class Store(abc.ABC):
         """Release connections and threads. Idempotent."""
 
     @abc.abstractmethod
-    async def append(self, messages: Sequence[Message]) -> None:
+    async def append(self, messages: Sequence[Message]) -> list[Message]:
         """Store every message in one transaction; returns once it has committed.
 
-        Raises ``StoreError`` when nothing was stored.
+        Returns one message per input, in order: the input with its ``seq``
+        (consecutive within the batch, in input order), or, for an input
+        whose (``created_by``, ``key``) was stored before (or earlier in the
+        same batch), that first message, which is not stored again (its
+        ``id`` differs from the input's). Raises ``StoreError`` when nothing
+        was stored.
         """
 
     @abc.abstractmethod
+    async def read_topic(self, topic: str, after: int, through: int, limit: int) -> list[Message]:
+        """At most ``limit`` messages of ``topic`` with ``after < seq <= through``, by ``seq``."""
+
+    @abc.abstractmethod
+    async def positions(self) -> Positions:
+        """The newest ``seq`` and the highest pruned one."""
+
+    @abc.abstractmethod
     async def prune(self, before: str, limit: int) -> int:
-        """Delete at most ``limit`` messages created before ``before``; return how many."""
+        """Delete at most ``limit`` messages created before ``before``; return how many.
+
+        Also raises the stored ``Positions.pruned_through`` to the highest
+        ``seq`` deleted.
+        """
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -9,7 +9,8 @@ this module's writer keeps:
 
     Rows of ``_pubsub_messages`` become visible in ``seq`` order.
 
-Every batch is stored by one call of the SQL function ``_pubsub_append``,
+Every batch is stored by one call of the SQL function ``_pubsub_store``
+(``_pubsub_append`` before schema version 2),
 that is one statement and so one transaction, which (1) takes the
 transaction-level advisory lock ``APPEND_LOCK``, (2) inserts the batch,
 drawing ``seq`` from an identity with ``CACHE 1`` (so values are handed out
@@ -39,11 +40,21 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 
-from .base import AccountStore, AuthRecord, DuplicateRecordError, Feed, Message, Store, StoreError
+from .base import (
+    AccountStore,
+    AuthRecord,
+    DuplicateRecordError,
+    Feed,
+    Message,
+    Positions,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger("bosbase_pubsub.storage.postgres")
 
@@ -128,10 +139,95 @@ BEGIN
 END
 $fn$;
 """,
+    # 2: resume (positions, replay by topic) and idempotent publish keys.
+    f"""
+ALTER TABLE _pubsub_messages ADD COLUMN IF NOT EXISTS "publishKey" TEXT;
+CREATE INDEX IF NOT EXISTS idx_pubsub_messages_topic_seq ON _pubsub_messages (topic, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_pubsub_messages_publish_key
+    ON _pubsub_messages ("createdBy", "publishKey") WHERE "publishKey" IS NOT NULL;
+-- Like _pubsub_append, and returns, per input in order, the stored row's seq, id
+-- and created: its own, or the first one's when its (createdBy, key) was stored
+-- before or earlier in the batch (that input is then not stored again).
+CREATE OR REPLACE FUNCTION _pubsub_store(
+    p_ids TEXT[], p_topics TEXT[], p_payloads TEXT[], p_origins TEXT[],
+    p_creators TEXT[], p_created TEXT[], p_keys TEXT[]
+) RETURNS TABLE (o_n BIGINT, o_seq BIGINT, o_id TEXT, o_created TEXT)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- Released after the commit is visible: seq order is commit order. Every
+    -- append holds it, so no other transaction can store the same key meanwhile.
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
+    IF p_keys IS NULL THEN
+        RETURN QUERY
+        WITH inserted AS (
+            INSERT INTO _pubsub_messages (id, topic, payload, origin, "createdBy", created)
+            SELECT u.id, u.topic, u.payload::json, u.origin, u.creator, u.created
+            FROM unnest(p_ids, p_topics, p_payloads, p_origins, p_creators, p_created)
+                WITH ORDINALITY AS u(id, topic, payload, origin, creator, created, n)
+            ORDER BY u.n
+            RETURNING seq
+        )
+        -- Drawn in input order under the lock: consecutive, ascending.
+        SELECT row_number() OVER (ORDER BY seq), seq, NULL::TEXT, NULL::TEXT
+        FROM inserted ORDER BY seq;
+    ELSE
+        RETURN QUERY
+        WITH input AS (
+            SELECT u.*, CASE WHEN u.creator IS NULL THEN NULL ELSE u.key END AS k
+            FROM unnest(p_ids, p_topics, p_payloads, p_origins, p_creators, p_created, p_keys)
+                WITH ORDINALITY AS u(id, topic, payload, origin, creator, created, key, n)
+        ), owner AS (
+            SELECT i.n, CASE WHEN i.k IS NULL THEN i.n
+                ELSE min(i.n) OVER (PARTITION BY i.creator, i.k) END AS first
+            FROM input i
+        ), earlier AS (
+            SELECT i.n, m.seq, m.id, m.created FROM input i JOIN _pubsub_messages m
+                ON m."createdBy" = i.creator AND m."publishKey" = i.k
+        ), inserted AS (
+            INSERT INTO _pubsub_messages
+                (id, topic, payload, origin, "createdBy", created, "publishKey")
+            SELECT i.id, i.topic, i.payload::json, i.origin, i.creator, i.created, i.k
+            FROM input i JOIN owner o ON o.n = i.n
+            WHERE o.first = i.n AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.n = i.n)
+            ORDER BY i.n
+            RETURNING seq, id, created
+        )
+        SELECT i.n, coalesce(e.seq, ins.seq), coalesce(e.id, ins.id),
+            coalesce(e.created, ins.created)
+        FROM input i
+            JOIN owner o ON o.n = i.n
+            JOIN input f ON f.n = o.first
+            LEFT JOIN earlier e ON e.n = o.first
+            LEFT JOIN inserted ins ON ins.id = f.id AND e.n IS NULL
+        ORDER BY i.n;
+    END IF;
+    PERFORM pg_notify('{CHANNEL}', p_origins[1]);
+END
+$fn$;
+""",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_APPEND = "SELECT _pubsub_append($1, $2, $3, $4, $5, $6)"
+_APPEND = "SELECT o_n, o_seq, o_id, o_created FROM _pubsub_store($1, $2, $3, $4, $5, $6, $7)"
+
+PRUNED_THROUGH_PARAM = "pubsub.prunedThrough"
+
+_PRUNE = """
+WITH deleted AS (
+    DELETE FROM _pubsub_messages WHERE seq IN
+        (SELECT seq FROM _pubsub_messages WHERE created < $1 ORDER BY created LIMIT $2)
+    RETURNING seq
+), mark AS (
+    -- Resuming from below it may have missed messages ("pruned").
+    INSERT INTO _params (id, value)
+    SELECT $3, max(seq)::text FROM deleted HAVING count(*) > 0
+    ON CONFLICT (id) DO UPDATE
+        SET value = greatest(_params.value::bigint, EXCLUDED.value::bigint)::text
+)
+SELECT count(*) FROM deleted
+"""
+
+_MESSAGE_COLUMNS = 'seq, id, topic, payload, origin, "createdBy", created, "publishKey"'
 
 _RECORD_COLUMNS = (
     'id, email, password, "tokenKey", verified, "emailVisibility", name, created, updated'
@@ -311,11 +407,12 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ messages
 
-    async def append(self, messages: Sequence[Message]) -> None:
+    async def append(self, messages: Sequence[Message]) -> list[Message]:
+        keyed = any(m.key is not None and m.created_by is not None for m in messages)
         writer = await self._writer_connection()
         try:
             with translate_errors("append"):
-                await writer.execute(
+                rows = await writer.fetch(
                     _APPEND,
                     [m.id for m in messages],
                     [m.topic for m in messages],
@@ -323,21 +420,61 @@ class PostgresStore(Store):
                     [m.origin for m in messages],
                     [m.created_by for m in messages],
                     [m.created for m in messages],
+                    [m.key for m in messages] if keyed else None,
                 )
         except StoreError as error:
             if error.__cause__ is not None and _connection_is_broken(writer, error.__cause__):
                 self._drop_writer(writer)
             raise
+        if not keyed:
+            return [replace(m, seq=row[1]) for m, row in zip(messages, rows, strict=True)]
+        stored: list[Message] = []
+        for m, (_, seq, message_id, created) in zip(messages, rows, strict=True):
+            if message_id == m.id:
+                stored.append(replace(m, seq=seq))
+            else:  # the first message stored under this key
+                stored.append(replace(m, id=message_id, created=created, seq=seq))
+        return stored
+
+    async def read_topic(self, topic: str, after: int, through: int, limit: int) -> list[Message]:
+        with translate_errors("read"):
+            rows = await self.pool.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
+                " WHERE topic = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
+                topic,
+                after,
+                through,
+                limit,
+            )
+        return [
+            Message(
+                id=row[1],
+                topic=row[2],
+                data=row[3].encode(),
+                origin=row[4],
+                created_by=row[5],
+                created=row[6],
+                seq=row[0],
+                key=row[7],
+            )
+            for row in rows
+        ]
+
+    async def positions(self) -> Positions:
+        with translate_errors("positions"):
+            row = await self.pool.fetchrow(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM _pubsub_messages),"
+                " (SELECT value::bigint FROM _params WHERE id = $1)",
+                PRUNED_THROUGH_PARAM,
+            )
+        assert row is not None
+        pruned = int(row[1] or 0)
+        return Positions(newest=max(int(row[0]), pruned), pruned_through=pruned)
 
     async def prune(self, before: str, limit: int) -> int:
         with translate_errors("prune"):
-            status = await self.pool.execute(
-                "DELETE FROM _pubsub_messages WHERE seq IN"
-                " (SELECT seq FROM _pubsub_messages WHERE created < $1 ORDER BY created LIMIT $2)",
-                before,
-                limit,
-            )
-        return int(status.rsplit(" ", 1)[-1])
+            deleted = await self.pool.fetchval(_PRUNE, before, limit, PRUNED_THROUGH_PARAM)
+        return int(deleted)
 
     async def ping(self) -> None:
         with translate_errors("ping"):

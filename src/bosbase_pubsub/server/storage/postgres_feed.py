@@ -7,8 +7,10 @@ Invariants:
   visible in ``seq`` order (kept by every writer: see ``postgres``): a row
   not visible yet, however late its transaction commits, will have a larger
   ``seq`` than every row already read.
-* The node's own rows advance the cursor but are not returned (their
-  columns are not even sent): the node delivered them itself at commit.
+* The node's own rows advance the cursor and come back as markers (``seq``
+  and ``origin`` only; their other columns are not even sent): the node
+  has them already, and the markers tell it where they sit among the
+  others' rows (see ``server.cluster.Sequencer``).
 * LISTEN/NOTIFY only wakes the feed; rows are always read from the table.
   A notification carries the storing node's id, never messages (NOTIFY's
   payload is limited to 8,000 bytes); the node's own notifications are
@@ -77,9 +79,12 @@ class PostgresFeed(Feed):
         self._closed = False
 
     @property
-    def position(self) -> int | None:
-        """The highest ``seq`` returned so far (``None`` before ``open``)."""
-        return self._position
+    def position(self) -> int:
+        """The highest ``seq`` read so far (0 before ``open``)."""
+        return self._position or 0
+
+    def wake(self) -> None:
+        self._wake.set()
 
     async def open(self) -> None:
         connection = await self._connection_or_reconnect()
@@ -163,15 +168,18 @@ class PostgresFeed(Feed):
         if not rows:
             return []
         self._position = int(rows[-1][0])
+        origin = self._origin
         return [
             Message(
                 id=message_id,
                 topic=topic,
                 data=payload.encode(),
                 created=created,
-                origin=origin,
+                origin=row_origin,
                 created_by=created_by,
+                seq=seq,
             )
-            for _, message_id, topic, payload, origin, created_by, created in rows
             if message_id is not None
+            else Message("", "", b"", "", origin, None, seq)
+            for seq, message_id, topic, payload, row_origin, created_by, created in rows
         ]

@@ -12,10 +12,19 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from .base import AccountStore, AuthRecord, DuplicateRecordError, Message, Store, StoreError
+from .base import (
+    AccountStore,
+    AuthRecord,
+    DuplicateRecordError,
+    Message,
+    Positions,
+    Store,
+    StoreError,
+)
 
 T = TypeVar("T")
 
@@ -29,7 +38,8 @@ CREATE TABLE IF NOT EXISTS _pubsub_messages (
     payload   TEXT NOT NULL,
     origin    TEXT NOT NULL,
     createdBy TEXT,
-    created   TEXT NOT NULL
+    created   TEXT NOT NULL,
+    publishKey TEXT
 );
 CREATE INDEX IF NOT EXISTS idx_pubsub_messages_created ON _pubsub_messages (created);
 CREATE INDEX IF NOT EXISTS idx_pubsub_messages_topic_created
@@ -55,6 +65,32 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_{table}_email ON {table} (email COLLATE NO
 """
     for table in AUTH_TABLES
 )
+
+# Run after _SCHEMA, once the publishKey column exists (older files lack it).
+_SCHEMA_RESUME = """
+CREATE INDEX IF NOT EXISTS idx_pubsub_messages_topic_seq ON _pubsub_messages (topic, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_pubsub_messages_publish_key
+    ON _pubsub_messages (createdBy, publishKey) WHERE publishKey IS NOT NULL;
+"""
+
+PRUNED_THROUGH_PARAM = "pubsub.prunedThrough"
+
+_MESSAGE_COLUMNS = "seq, id, topic, payload, origin, createdBy, created, publishKey"
+
+
+def _message(row: tuple[object, ...]) -> Message:
+    seq, message_id, topic, payload, origin, created_by, created, key = row
+    return Message(
+        id=str(message_id),
+        topic=str(topic),
+        data=str(payload).encode(),
+        created=str(created),
+        origin=str(origin),
+        created_by=None if created_by is None else str(created_by),
+        seq=int(seq),  # type: ignore[call-overload]
+        key=None if key is None else str(key),
+    )
+
 
 _RECORD_COLUMNS = "id, email, password, tokenKey, verified, emailVisibility, name, created, updated"
 
@@ -91,6 +127,8 @@ class SqliteStore(Store):
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise StoreError(f"sqlite: version 3.35 or later needed, not {sqlite3.sqlite_version}")
 
         def connect() -> None:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves.
@@ -99,6 +137,10 @@ class SqliteStore(Store):
             connection.execute(f"PRAGMA synchronous={self._synchronous}")
             connection.execute("PRAGMA busy_timeout=5000")
             connection.executescript(_SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(_pubsub_messages)")}
+            if "publishKey" not in columns:
+                connection.execute("ALTER TABLE _pubsub_messages ADD COLUMN publishKey TEXT")
+            connection.executescript(_SCHEMA_RESUME)
             self._connection = connection
 
         loop = asyncio.get_running_loop()
@@ -117,43 +159,131 @@ class SqliteStore(Store):
         await loop.run_in_executor(self._executor, disconnect)
         self._executor.shutdown(wait=True)
 
-    async def append(self, messages: Sequence[Message]) -> None:
-        rows = [
-            (m.id, m.topic, m.data.decode(), m.origin, m.created_by, m.created) for m in messages
-        ]
-
-        def insert(connection: sqlite3.Connection) -> None:
+    async def append(self, messages: Sequence[Message]) -> list[Message]:
+        def insert(connection: sqlite3.Connection) -> list[Message]:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                connection.executemany(
-                    "INSERT INTO _pubsub_messages (id, topic, payload, origin, createdBy, created)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                stored = _insert_batch(connection, messages)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
+            return stored
 
         try:
-            await self.run(insert)
+            return await self.run(insert)
         except sqlite3.IntegrityError as error:
             raise StoreError(f"sqlite: {error}") from error
 
+    async def read_topic(self, topic: str, after: int, through: int, limit: int) -> list[Message]:
+        def read(connection: sqlite3.Connection) -> list[Message]:
+            rows = connection.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
+                " WHERE topic = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (topic, after, through, limit),
+            ).fetchall()
+            return [_message(row) for row in rows]
+
+        return await self.run(read)
+
+    async def positions(self) -> Positions:
+        def read(connection: sqlite3.Connection) -> Positions:
+            newest = connection.execute(
+                "SELECT coalesce(max(seq), 0) FROM _pubsub_messages"
+            ).fetchone()[0]
+            row = connection.execute(
+                "SELECT value FROM _params WHERE id = ?", (PRUNED_THROUGH_PARAM,)
+            ).fetchone()
+            pruned = int(row[0]) if row is not None else 0
+            return Positions(newest=max(int(newest), pruned), pruned_through=pruned)
+
+        return await self.run(read)
+
     async def prune(self, before: str, limit: int) -> int:
         def delete(connection: sqlite3.Connection) -> int:
-            cursor = connection.execute(
-                "DELETE FROM _pubsub_messages WHERE seq IN"
-                " (SELECT seq FROM _pubsub_messages WHERE created < ? ORDER BY created LIMIT ?)",
-                (before, limit),
-            )
-            return cursor.rowcount
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = connection.execute(
+                    "DELETE FROM _pubsub_messages WHERE seq IN"
+                    " (SELECT seq FROM _pubsub_messages WHERE created < ?"
+                    " ORDER BY created LIMIT ?) RETURNING seq",
+                    (before, limit),
+                ).fetchall()
+                if deleted:
+                    # Resuming from below it may have missed messages ("pruned").
+                    connection.execute(
+                        "INSERT INTO _params (id, value) VALUES (?, ?) ON CONFLICT (id)"
+                        " DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
+                        (PRUNED_THROUGH_PARAM, max(row[0] for row in deleted)),
+                    )
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            return len(deleted)
 
         return await self.run(delete)
 
     async def ping(self) -> None:
         await self.run(lambda connection: connection.execute("SELECT 1").fetchone())
+
+
+def _insert_batch(connection: sqlite3.Connection, messages: Sequence[Message]) -> list[Message]:
+    """Insert ``messages`` (inside the caller's write transaction); see ``Store.append``."""
+    if all(m.key is None or m.created_by is None for m in messages):
+        rows: list[tuple[object, ...]] = [
+            (m.id, m.topic, m.data.decode(), m.origin, m.created_by, m.created) for m in messages
+        ]
+        connection.executemany(
+            "INSERT INTO _pubsub_messages (id, topic, payload, origin, createdBy, created)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        # One writer, inside its transaction: the batch got consecutive rowids.
+        last = int(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
+        first = last - len(messages) + 1
+        return [replace(m, seq=first + n) for n, m in enumerate(messages)]
+
+    # Some publishes carry a key: each key is stored once per publisher.
+    result: list[Message | int] = []  # a stored message, or the index of a new one
+    fresh: list[Message] = []
+    owners: dict[tuple[str, str], Message | int] = {}
+    for m in messages:
+        if m.key is None or m.created_by is None:
+            result.append(len(fresh))
+            fresh.append(m)
+            continue
+        owner = owners.get((m.created_by, m.key))
+        if owner is None:
+            row = connection.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
+                " WHERE createdBy = ? AND publishKey = ?",
+                (m.created_by, m.key),
+            ).fetchone()
+            if row is not None:
+                owner = _message(row)
+            else:
+                owner = len(fresh)
+                fresh.append(m)
+            owners[(m.created_by, m.key)] = owner
+        result.append(owner)
+    seqs: list[int] = []
+    if fresh:
+        connection.executemany(
+            "INSERT INTO _pubsub_messages"
+            " (id, topic, payload, origin, createdBy, created, publishKey)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (m.id, m.topic, m.data.decode(), m.origin, m.created_by, m.created, m.key)
+                for m in fresh
+            ],
+        )
+        last = int(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
+        seqs = list(range(last - len(fresh) + 1, last + 1))
+    stored = [replace(m, seq=seq) for m, seq in zip(fresh, seqs, strict=True)]
+    return [stored[item] if isinstance(item, int) else item for item in result]
 
 
 class SqliteAccounts(AccountStore):
