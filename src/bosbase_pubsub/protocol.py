@@ -193,17 +193,13 @@ def decode_json(frame: str | bytes) -> Any:
         return _INVALID
 
 
-_decode = decode_json
-"""Deprecated alias of ``decode_json`` (the SDK imported it under this name)."""
-
-
 def encode_payload(value: Any) -> bytes | str:
     """Compact a decoded ``data`` value, or return the contract error it earns."""
     try:
         data = orjson.dumps(value)
     except orjson.JSONEncodeError:
         try:
-            # Integers beyond 64 bits (see ``_decode``) and very deep nesting.
+            # Integers beyond 64 bits (see ``decode_json``) and very deep nesting.
             data = json.dumps(
                 value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
             ).encode()

@@ -148,7 +148,6 @@ def test_new_reply_fields_are_added_only_when_set() -> None:
     frame = protocol.message_frame("i", "t", b"[1]", "2024-01-02 03:04:05.006Z", "e:7")
     assert orjson.loads(frame)["position"] == "e:7"
     assert orjson.loads(protocol.published_frame("r", "i", "t", "c", "e:7"))["position"] == "e:7"
-    assert protocol.decode_json is protocol._decode
 
 
 # --- Fuzzing: arbitrary frames never crash the parser ---------------------------------

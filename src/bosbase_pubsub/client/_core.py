@@ -72,7 +72,7 @@ from urllib.parse import urlencode
 import orjson
 
 from .. import protocol
-from ..protocol import _decode as decode_json  # one decoder for both sides of the wire
+from ..protocol import decode_json  # one decoder for both sides of the wire
 from ._config import Reconnect, Timeouts, backoff, websocket_url
 from ._exceptions import (
     BosBaseError,
