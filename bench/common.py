@@ -627,6 +627,40 @@ def write_result(kind: str, payload: Json, out: Path | None) -> Path:
     return out
 
 
+def run_servers(
+    kinds: Sequence[ServerKind],
+    args: argparse.Namespace,
+    prefix: str,
+    run_once: Callable[[ServerKind, argparse.Namespace, Path], Any],
+    summarize: Callable[[list[Any]], Json],
+) -> dict[str, Json]:
+    """Run ``run_once`` ``args.repeat`` times per server; each entry gets its runs and median.
+
+    A server whose run fails gets ``error`` instead of ``median`` (and the others go on).
+    """
+    results: dict[str, Json] = {}
+    with managed(), tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        prepare(kinds)
+        for kind in kinds:
+            runs: list[Any] = []
+            err: str | None = None
+            for i in range(args.repeat):
+                print(f"[{kind.name}] run {i + 1}/{args.repeat}", file=sys.stderr)
+                try:
+                    runs.append(run_once(kind, args, Path(tmp)))
+                except BenchError as e:
+                    err = str(e)
+                    print(f"[{kind.name}] failed: {e}", file=sys.stderr)
+                    break
+            entry: dict[str, Any] = {"description": kind.description, "runs": runs}
+            if runs and err is None:
+                entry["median"] = summarize(runs)
+            if err:
+                entry["error"] = err
+            results[kind.name] = entry
+    return results
+
+
 def finish(kind: str, args: argparse.Namespace, results: dict[str, Json]) -> int:
     """Write the result file of a baseline-compared benchmark; exit status 1 if a server failed."""
     out = write_result(

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from .common import (
     BASELINE,
-    BenchError,
     Json,
     LoadGen,
     Server,
@@ -33,14 +30,13 @@ from .common import (
     finish,
     fmt,
     loadgen_options,
-    managed,
     median,
     other_load,
     parse_servers,
-    prepare,
     print_table,
     ratio,
     run_main,
+    run_servers,
     server_options,
 )
 
@@ -298,26 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (0 < args.duration <= 600 and 0 < args.rate <= 100_000):
         p.error("out of range: --duration 0..600 s, --rate 0..100000")
     kinds = parse_servers(args.servers)
-    results: dict[str, Json] = {}
-    with managed(), tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp:
-        prepare(kinds)
-        for kind in kinds:
-            runs: list[Json] = []
-            err: str | None = None
-            for i in range(args.repeat):
-                print(f"[{kind.name}] run {i + 1}/{args.repeat}", file=sys.stderr)
-                try:
-                    runs.append(run_once(kind, args, Path(tmp)))
-                except BenchError as e:
-                    err = str(e)
-                    print(f"[{kind.name}] failed: {e}", file=sys.stderr)
-                    break
-            entry: dict[str, Any] = {"description": kind.description, "runs": runs}
-            if runs and err is None:
-                entry["median"] = medians(runs)
-            if err:
-                entry["error"] = err
-            results[kind.name] = entry
+    results = run_servers(kinds, args, "bench-fanout-", run_once, medians)
     report(results, args)
     return finish("fanout-saturation" if args.saturate else "fanout", args, results)
 

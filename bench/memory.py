@@ -12,15 +12,11 @@ absolute RSS. Kernel socket buffers are not in RSS (they are not the server's he
 from __future__ import annotations
 
 import argparse
-import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from .common import (
     BASELINE,
-    BenchError,
     Json,
     LoadGen,
     Server,
@@ -29,13 +25,12 @@ from .common import (
     finish,
     fmt,
     loadgen_options,
-    managed,
     median,
     parse_servers,
-    prepare,
     print_table,
     ratio,
     run_main,
+    run_servers,
     server_options,
 )
 
@@ -100,26 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.connections <= 50_000 and 1 <= args.repeat <= 20):
         p.error("out of range: --connections 1..50000, --repeat 1..20")
     kinds = parse_servers(args.servers)
-    results: dict[str, Json] = {}
-    with managed(), tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        prepare(kinds)
-        for kind in kinds:
-            runs: list[Json] = []
-            err: str | None = None
-            for i in range(args.repeat):
-                print(f"[{kind.name}] run {i + 1}/{args.repeat}", file=sys.stderr)
-                try:
-                    runs.append(run_once(kind, args, Path(tmp)))
-                except BenchError as e:
-                    err = str(e)
-                    print(f"[{kind.name}] failed: {e}", file=sys.stderr)
-                    break
-            entry: dict[str, Any] = {"description": kind.description, "runs": runs}
-            if runs and err is None:
-                entry["median"] = {m: median([r[m] for r in runs]) for m in METRICS}
-            if err:
-                entry["error"] = err
-            results[kind.name] = entry
+    results = run_servers(
+        kinds,
+        args,
+        "bench-memory-",
+        run_once,
+        lambda runs: {m: median([r[m] for r in runs]) for m in METRICS},
+    )
 
     base = results.get(BASELINE, {}).get("median", {})
     rows: list[list[str]] = []

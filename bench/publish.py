@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from .common import (
     BASELINE,
-    BenchError,
     Json,
     LoadGen,
     Server,
@@ -30,13 +27,12 @@ from .common import (
     finish,
     fmt,
     loadgen_options,
-    managed,
     median,
     parse_servers,
-    prepare,
     print_table,
     ratio,
     run_main,
+    run_servers,
     server_options,
 )
 
@@ -109,29 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (1 <= args.repeat <= 20 and 0 < args.duration <= 600 and args.subscribers >= 0):
         p.error("out of range: --repeat 1..20, --duration 0..600")
     kinds = parse_servers(args.servers)
-    results: dict[str, Json] = {}
-    with managed(), tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:
-        prepare(kinds)
-        for kind in kinds:
-            runs: list[dict[int, Json]] = []
-            err: str | None = None
-            for i in range(args.repeat):
-                print(f"[{kind.name}] run {i + 1}/{args.repeat}", file=sys.stderr)
-                try:
-                    runs.append(run_once(kind, args, Path(tmp)))
-                except BenchError as e:
-                    err = str(e)
-                    print(f"[{kind.name}] failed: {e}", file=sys.stderr)
-                    break
-            entry: dict[str, Any] = {"description": kind.description, "runs": runs}
-            if runs and err is None:
-                entry["median"] = {
-                    str(c): {m: median([r[c][m] for r in runs]) for m in METRICS}
-                    for c in args.concurrency
-                }
-            if err:
-                entry["error"] = err
-            results[kind.name] = entry
+    results = run_servers(
+        kinds,
+        args,
+        "bench-publish-",
+        run_once,
+        lambda runs: {
+            str(c): {m: median([r[c][m] for r in runs]) for m in METRICS} for c in args.concurrency
+        },
+    )
 
     base = results.get(BASELINE, {}).get("median", {})
     rows: list[list[str]] = []
