@@ -14,7 +14,7 @@ latency   ``--nodes`` nodes (default 3) on one database. One publisher connectio
           publish-to-delivery, and lost / duplicated / out-of-order deliveries. The same
           load on one node, on PostgreSQL and on SQLite, gives the single-node figures.
 path      the cross-node path alone: this process stores rows as another node would (the
-          same ``_pubsub_append``: lock, multi-row insert, notify; ``--path-batch`` rows per
+          same ``_pubsub_store_batch``: lock, multi-row insert, notify; ``--path-batch`` rows per
           transaction) at each of ``--path-rates`` msg/s for ``--path-step`` s; one
           subscriber per node counts what its node delivers and when.
 publish   acked publishes/s with 1 and 64 concurrent publishers on one node (the C load
@@ -370,18 +370,14 @@ async def run_path(
                         behind = True  # the writer itself cannot keep this rate
                     n = min(batch, total - written)
                     ids = [secrets.token_hex(8)[:15] for _ in range(n)]
-                    payloads = [
-                        orjson.dumps({"o": -1, "s": seq + k, "t": due}).decode() for k in range(n)
-                    ]
                     created = time.strftime("%Y-%m-%d %H:%M:%S.000Z", time.gmtime())
+                    rows = [{"i": i, "t": TOPIC, "b": None, "c": created} for i in ids]
+                    payloads = [{"o": -1, "s": seq + k, "t": due} for k in range(n)]
                     await writer.execute(
-                        "SELECT _pubsub_append($1, $2, $3, $4, $5, $6)",
-                        ids,
-                        [TOPIC] * n,
-                        payloads,
-                        ["bench-writer"] * n,
-                        [None] * n,
-                        [created] * n,
+                        "SELECT _pubsub_store_batch($1, $2, $3, false)",
+                        "bench-writer",
+                        orjson.dumps(rows).decode(),
+                        orjson.dumps(payloads).decode(),
                     )
                     seq += n
                     written += n

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -166,7 +165,13 @@ def parse_request(frame: str | bytes) -> Request:
 
 
 _INVALID = object()
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
+# Maps every digit to "0", so that a run of digits is a run of zeros: a
+# substring search of the translated frame finds one several times faster than
+# a regular expression does (this runs for every frame). 20 digits may exceed
+# 64 bits unsigned, a minus and 19 digits 64 bits signed.
+_DIGITS_TO_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY_ZEROS = b"0" * 20
+_MINUS_NINETEEN_ZEROS = b"-" + b"0" * 19
 
 
 def _reject_constant(name: str) -> Any:
@@ -177,12 +182,13 @@ def decode_json(frame: str | bytes) -> Any:
     """Decode JSON text, or return a sentinel that is no JSON value (never raises).
 
     orjson is the fast path, but it reads integers beyond 64 bits as floats
-    and so changes them; a frame holding a run of 20 or more digits goes to
-    the standard library instead, which keeps them exact (with the
+    and so changes them; a frame holding a run of 20 or more digits (19
+    after a minus) goes to the standard library instead, which keeps them exact (with the
     non-standard ``NaN`` and ``Infinity`` refused).
     """
     raw = frame.encode() if isinstance(frame, str) else frame
-    if _LONG_DIGITS.search(raw) is None:
+    digits = raw.translate(_DIGITS_TO_ZEROS)
+    if _TWENTY_ZEROS not in digits and _MINUS_NINETEEN_ZEROS not in digits:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

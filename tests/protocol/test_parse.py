@@ -26,9 +26,18 @@ def test_publish_without_data_is_null() -> None:
     assert protocol.parse_request('{"type":"publish","topic":"t"}') == Publish("", "t", b"null")
 
 
-def test_integers_beyond_64_bits_stay_exact() -> None:
-    request = protocol.parse_request('{"type":"publish","topic":"t","data":[18446744073709551616]}')
-    assert request == Publish("", "t", b"[18446744073709551616]")
+@pytest.mark.parametrize(
+    "number",
+    [
+        "18446744073709551616",  # 2**64
+        "-9223372036854775809",  # -2**63 - 1
+        "123456789012345678901234567890",
+        "18446744073709551615",  # 2**64 - 1: orjson's own range, exact as well
+    ],
+)
+def test_integers_beyond_64_bits_stay_exact(number: str) -> None:
+    request = protocol.parse_request(f'{{"type":"publish","topic":"t","data":[{number},1]}}')
+    assert request == Publish("", "t", f"[{number},1]".encode())
 
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])

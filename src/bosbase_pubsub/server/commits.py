@@ -9,6 +9,10 @@ Invariants:
   ``max_batch``). A lone publisher never waits for a batch to fill.
 * Batches commit one at a time, in arrival order, so a connection's
   messages are stored, acknowledged and delivered in the order it sent them.
+  The next batch is sent to the store as soon as the previous one committed,
+  before that one's acks and deliveries go out: the store works on it while
+  this node writes to its sockets. (Its transaction starts after the previous
+  one committed, so ``seq`` and delivery order still follow arrival order.)
 * Acks go out before the batch is fanned out (the contract: ``published``,
   then ``message``).
 * A publish whose key was stored before (or earlier in its batch) is acked
@@ -57,10 +61,14 @@ class CommitQueue:
         self._max_pending = max_pending
         self._pending: list[tuple[Message, OnStored]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._appending: asyncio.Task[list[Message] | Exception] | None = None
         self.degraded = False
         """True after a failed commit, until one succeeds."""
-        self.committing = False
+
+    @property
+    def committing(self) -> bool:
         """True while a batch is being stored (its outcome is not known yet)."""
+        return self._appending is not None and not self._appending.done()
 
     def submit(self, message: Message, on_stored: OnStored) -> None:
         """Queue ``message``; ``on_stored`` runs once it committed or failed."""
@@ -77,40 +85,66 @@ class CommitQueue:
         while self._writer is not None:
             await asyncio.shield(self._writer)
 
-    async def _write(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                await self._commit(batch)
-        finally:
-            self._writer = None
+    def _take(self) -> list[tuple[Message, OnStored]]:
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        return batch
 
-    async def _commit(self, batch: list[tuple[Message, OnStored]]) -> None:
+    def _start(self, batch: list[tuple[Message, OnStored]]) -> None:
         messages = [message for message, _ in batch]
+        self._appending = asyncio.get_running_loop().create_task(self._append(messages))
+
+    async def _append(self, messages: list[Message]) -> list[Message] | Exception:
         started = time.perf_counter()
-        self.committing = True
         try:
             stored = await self._store.append(messages)
         except Exception as error:
-            self.committing = False
+            return error
+        self._metrics.observe_commit(time.perf_counter() - started, len(messages))
+        return stored
+
+    async def _write(self) -> None:
+        try:
+            batch = self._take()
+            self._start(batch)
+            while self._appending is not None:
+                outcome = await self._appending
+                following = self._take()
+                if following:
+                    self._start(following)
+                    await asyncio.sleep(0)  # let it reach the store before the acks go out
+                else:
+                    self._appending = None
+                self._report(batch, outcome)
+                if self._appending is None and self._pending:
+                    # Queued while reporting (an ack callback can publish).
+                    following = self._take()
+                    self._start(following)
+                batch = following
+        finally:
+            self._writer = None
+
+    def _report(
+        self, batch: list[tuple[Message, OnStored]], outcome: list[Message] | Exception
+    ) -> None:
+        """Ack every publish of a finished batch, then deliver the new messages."""
+        if isinstance(outcome, Exception):
             if not self.degraded:
-                log.error("store failed to commit %d messages: %s", len(messages), error)
+                log.error("store failed to commit %d messages: %s", len(batch), outcome)
             self.degraded = True
             self._metrics.publish_failures += len(batch)
-            _notify(batch, error)
+            _notify(batch, outcome)
             return
         if self.degraded:
             log.info("store recovered")
             self.degraded = False
-        self.committing = False
-        self._metrics.observe_commit(time.perf_counter() - started, len(messages))
         fresh: list[Message] = []
-        for (message, on_stored), result in zip(batch, stored, strict=True):
+        for (message, on_stored), result in zip(batch, outcome, strict=True):
             if result.id == message.id:
                 fresh.append(result)
             _call(on_stored, result, None)
-        # In the same step as ``committing`` went False (see ``cluster.Sequencer``).
+        # In the same step as the batch stopped counting as committing (see
+        # ``cluster.Sequencer``): the next one, if any, started after it committed.
         self._hub.deliver(fresh)
 
 

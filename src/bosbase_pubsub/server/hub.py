@@ -44,9 +44,26 @@ SLOW_CONSUMER_GRACE = 5.0
 """Seconds a slow consumer gets to read its close frame before its socket is aborted."""
 
 
+_TEXT_HEADERS: dict[int, bytes] = {}
+"""Unmasked text frame headers by payload length (only the length varies)."""
+_CACHED_HEADERS_MAX = 4096
+_CACHED_PAYLOAD_MAX = 65535  # headers up to 4 bytes; larger frames are rare
+
+
 def encode_text_frame(payload: bytes) -> bytes:
     """One unmasked server-to-client WebSocket text frame holding ``payload``."""
-    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+    length = len(payload)
+    header = _TEXT_HEADERS.get(length)
+    if header is not None:
+        return header + payload
+    frame = Frame(Opcode.TEXT, payload).serialize(mask=False)
+    if length <= _CACHED_PAYLOAD_MAX:
+        # websockets builds every header once; serializing a frame costs more
+        # than the rest of an ack, and every ack and message is one.
+        if len(_TEXT_HEADERS) >= _CACHED_HEADERS_MAX:
+            _TEXT_HEADERS.clear()
+        _TEXT_HEADERS[length] = frame[: len(frame) - length]
+    return frame
 
 
 def encode_close_frame(code: int, reason: str) -> bytes:

@@ -125,13 +125,10 @@ async def test_a_late_commit_is_never_skipped(
         transaction = x.transaction()
         await transaction.start()
         await x.execute(
-            "SELECT _pubsub_append($1, $2, $3, $4, $5, $6)",
-            [late.id],
-            [late.topic],
-            [late.data.decode()],
-            [late.origin],
-            [None],
-            [late.created],
+            "SELECT _pubsub_store_batch($1, $2, $3, false)",
+            late.origin,
+            f'[{{"i": "{late.id}", "t": "{late.topic}", "c": "{late.created}"}}]',
+            f"[{late.data.decode()}]",
         )
         appending = asyncio.create_task(b.append([early]))
         assert await feed.next_batch() == []  # nothing is visible yet
@@ -216,11 +213,26 @@ async def test_payloads_come_back_byte_for_byte(stores: list[PostgresStore]) -> 
         texts = [
             b'{"b":1,"a":[1.0,1e2,-0.0],"b":2}',
             b'"\\u00e9\\u0000"',
+            b'"caf\xc3\xa9 \\" \\\\ \\n"',
             b"null",
+            b"true",
+            b"[]",
             b"12345678901234567890",
         ]
-        await a.append([message(data=text) for text in texts])
-        assert [m.data for m in await collect(feed, len(texts))] == texts
+        # Both ways a batch is stored: without keys, and with (one of them repeated).
+        plain = [message(topic="plain", data=text) for text in texts]
+        keyed = [
+            message(topic="keyed", data=text, created_by="u", key=f"k{n}")
+            for n, text in enumerate(texts)
+        ]
+        keyed.append(message(topic="keyed", data=b"0", created_by="u", key="k0"))
+        await a.append(plain)
+        stored = await a.append(keyed)
+        assert [m.data for m in await collect(feed, 2 * len(texts))] == texts + texts
+        for topic in ("plain", "keyed"):
+            assert [m.data for m in await a.read_topic(topic, 0, 10**9, 100)] == texts
+        assert stored[-1].id == keyed[0].id
+        assert stored[-1].data == keyed[0].data
     finally:
         await feed.close()
 

@@ -27,9 +27,14 @@ class DuplicateRecordError(StoreError):
     """A unique field (an account's email) is already taken."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
-    """One published message, as stored in ``_pubsub_messages``."""
+    """One published message, as stored in ``_pubsub_messages``.
+
+    Not frozen, for speed on the publish path (a frozen dataclass pays for
+    every field it sets): only the store sets ``seq``, once, when it stored
+    the message. Everything else treats it as read-only.
+    """
 
     id: str
     topic: str
@@ -162,8 +167,8 @@ class Store(abc.ABC):
     async def append(self, messages: Sequence[Message]) -> list[Message]:
         """Store every message in one transaction; returns once it has committed.
 
-        Returns one message per input, in order: the input with its ``seq``
-        (consecutive within the batch, in input order), or, for an input
+        Returns one message per input, in order: the input itself, its
+        ``seq`` now set (consecutive within the batch, in input order), or, for an input
         whose (``created_by``, ``key``) was stored before (or earlier in the
         same batch), that first message, which is not stored again (its
         ``id`` differs from the input's). Raises ``StoreError`` when nothing

@@ -12,7 +12,6 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,8 +41,6 @@ CREATE TABLE IF NOT EXISTS _pubsub_messages (
     publishKey TEXT
 );
 CREATE INDEX IF NOT EXISTS idx_pubsub_messages_created ON _pubsub_messages (created);
-CREATE INDEX IF NOT EXISTS idx_pubsub_messages_topic_created
-    ON _pubsub_messages (topic, created);
 CREATE TABLE IF NOT EXISTS _params (
     id    TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -69,6 +66,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_{table}_email ON {table} (email COLLATE NO
 # Run after _SCHEMA, once the publishKey column exists (older files lack it).
 _SCHEMA_RESUME = """
 CREATE INDEX IF NOT EXISTS idx_pubsub_messages_topic_seq ON _pubsub_messages (topic, seq);
+-- Superseded by (topic, seq); earlier versions created it, and it cost every insert.
+DROP INDEX IF EXISTS idx_pubsub_messages_topic_created;
 CREATE UNIQUE INDEX IF NOT EXISTS idx_pubsub_messages_publish_key
     ON _pubsub_messages (createdBy, publishKey) WHERE publishKey IS NOT NULL;
 """
@@ -243,8 +242,9 @@ def _insert_batch(connection: sqlite3.Connection, messages: Sequence[Message]) -
         )
         # One writer, inside its transaction: the batch got consecutive rowids.
         last = int(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
-        first = last - len(messages) + 1
-        return [replace(m, seq=first + n) for n, m in enumerate(messages)]
+        for seq, m in enumerate(messages, last - len(messages) + 1):
+            m.seq = seq
+        return list(messages)
 
     # Some publishes carry a key: each key is stored once per publisher.
     result: list[Message | int] = []  # a stored message, or the index of a new one
@@ -269,7 +269,6 @@ def _insert_batch(connection: sqlite3.Connection, messages: Sequence[Message]) -
                 fresh.append(m)
             owners[(m.created_by, m.key)] = owner
         result.append(owner)
-    seqs: list[int] = []
     if fresh:
         connection.executemany(
             "INSERT INTO _pubsub_messages"
@@ -281,9 +280,9 @@ def _insert_batch(connection: sqlite3.Connection, messages: Sequence[Message]) -
             ],
         )
         last = int(connection.execute("SELECT last_insert_rowid()").fetchone()[0])
-        seqs = list(range(last - len(fresh) + 1, last + 1))
-    stored = [replace(m, seq=seq) for m, seq in zip(fresh, seqs, strict=True)]
-    return [stored[item] if isinstance(item, int) else item for item in result]
+        for seq, m in enumerate(fresh, last - len(fresh) + 1):
+            m.seq = seq
+    return [fresh[item] if isinstance(item, int) else item for item in result]
 
 
 class SqliteAccounts(AccountStore):
