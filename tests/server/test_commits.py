@@ -70,3 +70,24 @@ async def test_the_next_batch_is_sent_before_the_previous_ones_acks(recorder: Re
     ]
     assert first.seq < second.seq < third.seq
     assert not queue.committing
+
+
+async def test_a_failing_delivery_does_not_stop_the_writer(recorder: Recorder) -> None:
+    failures = [RuntimeError("fan-out bug")]
+
+    class Failing(Recorder):
+        def deliver(self, messages: list[Message]) -> None:
+            super().deliver(messages)
+            if failures:
+                raise failures.pop()
+
+    failing = Failing(recorder.store)
+    queue = CommitQueue(recorder.store, failing, Metrics())
+    first, second = message(), message()
+    queue.submit(first, failing.acked)
+    await asyncio.sleep(0)
+    queue.submit(second, failing.acked)  # queued while the first batch commits
+    await asyncio.wait_for(queue.drain(), 10)
+
+    assert ("ack", [second.id]) in failing.events
+    assert failing.events[-1] == ("deliver", [second.id])

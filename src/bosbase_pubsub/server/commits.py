@@ -145,7 +145,10 @@ class CommitQueue:
             _call(on_stored, result, None)
         # In the same step as the batch stopped counting as committing (see
         # ``cluster.Sequencer``): the next one, if any, started after it committed.
-        self._hub.deliver(fresh)
+        try:
+            self._hub.deliver(fresh)
+        except Exception:  # a bug in fan-out must not stop the writer (and its next batch)
+            log.exception("delivering %d committed messages failed", len(fresh))
 
 
 def _call(on_stored: OnStored, message: Message, error: BaseException | None) -> None:
