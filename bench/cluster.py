@@ -18,7 +18,12 @@ path      the cross-node path alone: this process stores rows as another node wo
           transaction) at each of ``--path-rates`` msg/s for ``--path-step`` s; one
           subscriber per node counts what its node delivers and when.
 publish   acked publishes/s with 1 and 64 concurrent publishers on one node (the C load
-          generator of ``bench.publish``), on PostgreSQL and on SQLite.
+          generator of ``bench.publish``), on PostgreSQL and on SQLite. Right after the
+          PostgreSQL row, on a fresh database and the same ``--server-cpu``, the same load
+          against the issue's reference design (``baselines/pg_group_commit.py``: aiohttp,
+          asyncpg, group commit as one multi-row insert per batch, no auth, no fan-out);
+          ``vs ref`` is bosbase's acks/s over the reference's, both from this run
+          (``--no-publish-reference`` skips it).
 
 The nodes are not pinned (three nodes and PostgreSQL share the machine's cores with the
 load generator); the C load generator of the publish phase is pinned like in
@@ -63,6 +68,7 @@ from .common import (
     machine_info,
     managed,
     print_table,
+    ratio,
     write_result,
 )
 from .publish import run_acked
@@ -489,23 +495,38 @@ async def run_xnode(servers: Sequence[Server], args: argparse.Namespace) -> Json
 # --------------------------------------------------------------------------- publish
 
 
-def run_publish(db_url: str | None, workdir: Path, args: argparse.Namespace) -> Json:
-    """Acked publishes on one node (the C load generator, as ``bench.publish`` runs it)."""
+PUBLISH_REFERENCE = "reference (asyncpg group commit)"
+
+
+def measure_publish(server: Server, args: argparse.Namespace) -> Json:
+    """Acked publishes on ``server`` (the C load generator, as ``bench.publish`` runs it)."""
     out: Json = {}
-    with nodes(1, db_url, workdir, cpu=args.server_cpu or None) as [server]:
-        opts = LoadgenOptions(cpu=args.loadgen_cpu or None, payload=args.payload)
-        with LoadGen(server, 0, max(args.concurrency), opts) as lg:
-            lg.expect("ready", 180)
-            for conc in args.concurrency:
-                lg.send(f"acked {conc} {args.warmup}")
-                lg.expect("acked", args.warmup + 60)
-                pg_before, wall_before = postgres_cpu_seconds(), time.monotonic()
-                result = run_acked(lg, server, conc, args.publish_duration)
-                pg_cpu = postgres_cpu_seconds() - pg_before
-                result["postgres_util"] = pg_cpu / (time.monotonic() - wall_before)
-                result.pop("raw", None)
-                out[str(conc)] = result
+    opts = LoadgenOptions(cpu=args.loadgen_cpu or None, payload=args.payload)
+    with LoadGen(server, 0, max(args.concurrency), opts) as lg:
+        lg.expect("ready", 180)
+        for conc in args.concurrency:
+            lg.send(f"acked {conc} {args.warmup}")
+            lg.expect("acked", args.warmup + 60)
+            pg_before, wall_before = postgres_cpu_seconds(), time.monotonic()
+            result = run_acked(lg, server, conc, args.publish_duration)
+            pg_cpu = postgres_cpu_seconds() - pg_before
+            result["postgres_util"] = pg_cpu / (time.monotonic() - wall_before)
+            result.pop("raw", None)
+            out[str(conc)] = result
     return out
+
+
+def run_publish(db_url: str | None, workdir: Path, args: argparse.Namespace) -> Json:
+    """Acked publishes on one bosbase node, on ``db_url`` (``None``: SQLite)."""
+    with nodes(1, db_url, workdir, cpu=args.server_cpu or None) as [server]:
+        return measure_publish(server, args)
+
+
+def run_publish_reference(db_url: str, workdir: Path, args: argparse.Namespace) -> Json:
+    """The same load against ``baselines/pg_group_commit.py``, on the same CPU."""
+    opts = ServerOptions(cpu=args.server_cpu or None, db_url=db_url)
+    with Server(SERVER_KINDS["pg-group-commit"], opts, workdir) as server:
+        return measure_publish(server, args)
 
 
 # --------------------------------------------------------------------------- main
@@ -532,6 +553,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,64", help="publishers for the publish phase")
     p.add_argument("--publish-duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument(
+        "--publish-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="publish phase: also run the issue's reference design (asyncpg group commit)",
+    )
     p.add_argument("--payload", type=int, default=64)
     p.add_argument("--server-cpu", default="0", help="taskset CPUs of the publish-phase node")
     p.add_argument("--loadgen-cpu", default="1", help="taskset CPUs of the C load generator")
@@ -626,17 +653,31 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
         print(f"    {results['xnode']}", file=sys.stderr)
     if "publish" in phases:
         results["publish"] = {}
-        for label, on_postgres in [("postgres", True), ("sqlite", False)]:
+        reference_row = [PUBLISH_REFERENCE] if args.publish_reference else []
+        for label in ["postgres", *reference_row, "sqlite"]:
             print(f"[publish] {label}", file=sys.stderr)
             async with contextlib.AsyncExitStack() as stack:
-                db_url = None
-                if on_postgres:
+                if label == PUBLISH_REFERENCE:
+                    db_url = await stack.enter_async_context(fresh_database(admin))
+                    try:
+                        result = await asyncio.to_thread(
+                            run_publish_reference, db_url, workdir, args
+                        )
+                    except BenchError as e:  # bosbase's own figures still stand
+                        print(f"    reference failed: {e}", file=sys.stderr)
+                        result = {"error": str(e)}
+                elif label == "postgres":
                     db_url = await stack.enter_async_context(fresh_database(admin))
                     await asyncio.to_thread(make_superuser, db_url)
-                results["publish"][label] = await asyncio.to_thread(
-                    run_publish, db_url, workdir, args
-                )
-            print(f"    {results['publish'][label]}", file=sys.stderr)
+                    result = await asyncio.to_thread(run_publish, db_url, workdir, args)
+                else:
+                    result = await asyncio.to_thread(run_publish, None, workdir, args)
+            results["publish"][label] = result
+            print(f"    {result}", file=sys.stderr)
+        reference = results["publish"].get(PUBLISH_REFERENCE, {})
+        for conc, r in results["publish"]["postgres"].items():
+            ref = reference.get(conc, {}).get("acks_per_s")
+            r["vs_reference"] = r["acks_per_s"] / ref if ref else None
 
 
 def report(args: argparse.Namespace, results: Json) -> None:
@@ -726,20 +767,32 @@ def report(args: argparse.Namespace, results: Json) -> None:
         )
     if "publish" in results:
         print("\nAcked publishes on one node (C load generator, closed loop)")
+        if PUBLISH_REFERENCE in results["publish"]:
+            print(
+                "vs ref: bosbase on PostgreSQL over the reference design's acks/s"
+                " (baselines/pg_group_commit.py, same CPU, same run)"
+            )
+        reference = results["publish"].get(PUBLISH_REFERENCE, {})
         rows = []
         for label, by_conc in results["publish"].items():
+            if "error" in by_conc:
+                rows.append([label, "", "failed"])
+                continue
             for conc, r in by_conc.items():
                 rows.append(
                     [
                         label,
                         conc,
                         fmt(r["acks_per_s"]),
+                        ratio(r["acks_per_s"], reference.get(conc, {}).get("acks_per_s"))
+                        if label == "postgres"
+                        else "-",
                         fmt(r["p50_ms"], ".2f"),
                         fmt(r["p99_ms"], ".2f"),
                         fmt(r["errors"]),
                         fmt(r["server_us_per_ack"], ".1f"),
                         fmt((r["server_util"] or 0) * 100, ".0f"),
-                        fmt(r["postgres_util"] * 100, ".0f") if label == "postgres" else "-",
+                        fmt(r["postgres_util"] * 100, ".0f") if label != "sqlite" else "-",
                     ]
                 )
         print_table(
@@ -747,6 +800,7 @@ def report(args: argparse.Namespace, results: Json) -> None:
                 "store",
                 "publishers",
                 "acks/s",
+                "vs ref",
                 "p50 ms",
                 "p99 ms",
                 "errors",

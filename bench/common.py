@@ -214,6 +214,8 @@ class ServerKind:
     description: str
     needs_token: bool = False
     needs_node: bool = False
+    needs_db: bool = False
+    """Needs ``ServerOptions.db_url``, a PostgreSQL database of its own."""
 
 
 SERVER_KINDS: dict[str, ServerKind] = {
@@ -223,6 +225,13 @@ SERVER_KINDS: dict[str, ServerKind] = {
         ServerKind("ws", "env", "bare Node.js ws fan-out (no auth, no store)", needs_node=True),
         ServerKind("socketio-node", "sio", "Socket.IO 4 on Node, websocket only", needs_node=True),
         ServerKind("socketio-py", "sio", "python-socketio on aiohttp + uvloop, websocket only"),
+        ServerKind(
+            "pg-group-commit",
+            "env",
+            "acked publishes only: asyncpg group commit, one multi-row insert per batch"
+            " (the issue's reference design)",
+            needs_db=True,
+        ),
     )
 }
 BASELINE = "ws"
@@ -230,9 +239,11 @@ BASELINE = "ws"
 
 def parse_servers(text: str) -> list[ServerKind]:
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SERVER_KINDS]
+    choices = sorted(k.name for k in SERVER_KINDS.values() if not k.needs_db)
+    unknown = [n for n in names if n not in choices]
     if unknown:
-        raise SystemExit(f"unknown server(s) {unknown}; choose from {sorted(SERVER_KINDS)}")
+        # pg-group-commit needs a database: bench.cluster's publish phase runs it.
+        raise SystemExit(f"unknown server(s) {unknown}; choose from {choices}")
     return [SERVER_KINDS[n] for n in names]
 
 
@@ -254,6 +265,8 @@ class ServerOptions:
     publish_rate: int = 1_000_000
     extra_args: list[str] = field(default_factory=list)
     """Extra command-line arguments for the bosbase server."""
+    db_url: str | None = None
+    """The PostgreSQL database of a server kind that ``needs_db`` (it creates its table)."""
     start_timeout: float = 60.0
 
 
@@ -292,6 +305,13 @@ class Server:
             return [_node(), str(BASELINES / "socketio_server.js"), "--port", port]
         if self.kind.name == "socketio-py":
             return [sys.executable, str(BASELINES / "socketio_py.py"), "--port", port]
+        if self.kind.name == "pg-group-commit":
+            if not self.opts.db_url:
+                raise BenchError(
+                    "pg-group-commit needs a PostgreSQL database (ServerOptions.db_url)"
+                )
+            script = str(BASELINES / "pg_group_commit.py")
+            return [sys.executable, script, "--port", port, "--db", self.opts.db_url]
         raise BenchError(f"unknown server {self.kind.name}")
 
     def __enter__(self) -> Server:
@@ -583,7 +603,8 @@ def other_load(a: Snapshot, b: Snapshot) -> float | None:
 
 
 def add_common_args(p: argparse.ArgumentParser, servers: str) -> None:
-    p.add_argument("--servers", default=servers, help=f"comma list of {sorted(SERVER_KINDS)}")
+    choices = sorted(k.name for k in SERVER_KINDS.values() if not k.needs_db)
+    p.add_argument("--servers", default=servers, help=f"comma list of {choices}")
     p.add_argument("--repeat", type=int, default=3, help="repetitions; the table shows medians")
     p.add_argument("--server-cpu", default="0", help="taskset CPU list for servers ('' = none)")
     p.add_argument("--loadgen-cpu", default="1", help="taskset CPU list for the load generator")
