@@ -183,8 +183,8 @@ def decode_json(frame: str | bytes) -> Any:
 
     orjson is the fast path, but it reads integers beyond 64 bits as floats
     and so changes them; a frame holding a run of 20 or more digits (19
-    after a minus) goes to the standard library instead, which keeps them exact (with the
-    non-standard ``NaN`` and ``Infinity`` refused).
+    after a minus) goes to the standard library instead, which keeps them
+    exact (with the non-standard ``NaN`` and ``Infinity`` refused).
     """
     raw = frame.encode() if isinstance(frame, str) else frame
     digits = raw.translate(_DIGITS_TO_ZEROS)

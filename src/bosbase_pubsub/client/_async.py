@@ -44,9 +44,7 @@ from ._config import (
 from ._core import (
     BacklogMonitor,
     CloseSocket,
-    Connected,
     Deliver,
-    Disconnected,
     Event,
     Gap,
     Handshake,
@@ -54,7 +52,6 @@ from ._core import (
     PubSubCore,
     Rejected,
     Resolved,
-    ServerNotice,
     State,
     SubscriptionLost,
 )
@@ -62,14 +59,13 @@ from ._exceptions import (
     BosBaseError,
     ClientClosed,
     ClientError,
-    RequestTimeout,
     TransportError,
     transport_error,
 )
 from ._link import MAX_MESSAGE_BYTES
-from ._records import ApiCall, AsyncRecordService, build_request, read_response
-from ._sync import DRAIN_TIMEOUT, _tell_gap
-from ._types import AsyncGapHandler, AsyncHandler, AuthResponse, Message, PublishAck
+from ._records import ApiCall, AsyncRecordService, build_request, read_answer, send_failed
+from ._sync import DRAIN_TIMEOUT, _log_event, _tell_gap
+from ._types import AsyncGapHandler, AsyncHandler, Message, PublishAck
 
 __all__ = ["AsyncBosBase", "AsyncPubSub", "MessageStream"]
 
@@ -154,17 +150,9 @@ class AsyncBosBase:
         request = build_request(http, call, self.auth_store.token)
         try:
             response = await http.send(request)
-        except httpx.TimeoutException as error:
-            raise RequestTimeout(
-                f"no answer from {self.base_url} within {self.timeouts.request:g}s"
-            ) from error
         except httpx.HTTPError as error:
-            raise transport_error(error, action=f"reach {self.base_url}") from error
-        result = read_response(call, response.status_code, response.content)
-        if call.auth_call:
-            auth = cast(AuthResponse, result)
-            self.auth_store.save(auth["token"], auth["record"])
-        return result
+            raise send_failed(error, self.base_url, self.timeouts.request) from error
+        return read_answer(call, response, self.auth_store)
 
 
 class _Done:
@@ -668,21 +656,6 @@ async def _call_on_gap(event: Gap) -> None:
                 await result
         except Exception:
             log.exception("an on_gap callback of topic %r failed", listener.topic)
-
-
-def _log_event(event: Event) -> None:
-    if isinstance(event, Connected):
-        log.info("pub/sub connected (client id %s)", event.client_id)
-    elif isinstance(event, Disconnected) and event.error is not None:
-        retry = "" if event.retry_in is None else f"; retrying in {event.retry_in:.2f}s"
-        if event.established:
-            log.warning("pub/sub connection lost: %s%s", event.error, retry)
-        else:
-            log.info("pub/sub connection attempt failed: %s%s", event.error, retry)
-    elif isinstance(event, SubscriptionLost):
-        log.error("the server refused to subscribe %r again: %s", event.topic, event.error)
-    elif isinstance(event, ServerNotice):
-        log.warning("the server reported: %s", event.message)
 
 
 class MessageStream:

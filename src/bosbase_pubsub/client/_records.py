@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 from urllib.parse import quote
 
+import httpx
 import orjson
 
-from ._exceptions import ServerError, api_error
+from ._exceptions import BosBaseError, RequestTimeout, ServerError, api_error, transport_error
 from ._types import AuthRecord, AuthResponse
 
 if TYPE_CHECKING:
-    import httpx
+    from ._auth import AuthStore
 
 __all__ = ["ApiCall", "AsyncRecordService", "RecordService"]
 
@@ -138,6 +139,22 @@ def read_response(call: ApiCall[T], status: int, content: bytes) -> T:
     if status >= 400:
         raise api_error(status, body, auth_call=call.auth_call)
     return call.read(body)
+
+
+def read_answer(call: ApiCall[T], response: httpx.Response, auth_store: AuthStore) -> T:
+    """``read_response`` for a sent call; a sign-in's token and record go to ``auth_store``."""
+    result = read_response(call, response.status_code, response.content)
+    if call.auth_call:
+        auth = cast(AuthResponse, result)
+        auth_store.save(auth["token"], auth["record"])
+    return result
+
+
+def send_failed(error: httpx.HTTPError, base_url: str, timeout: float) -> BosBaseError:
+    """The error to raise when sending a call to ``base_url`` failed with ``error``."""
+    if isinstance(error, httpx.TimeoutException):
+        return RequestTimeout(f"no answer from {base_url} within {timeout:g}s")
+    return transport_error(error, action=f"reach {base_url}")
 
 
 # --- the per-collection services ----------------------------------------------------

@@ -65,11 +65,10 @@ from ._exceptions import (
     ClientClosed,
     RequestTimeout,
     TransportError,
-    transport_error,
 )
 from ._link import Link, wait
-from ._records import ApiCall, RecordService, build_request, read_response
-from ._types import AuthResponse, GapHandler, Handler, Message, PublishAck
+from ._records import ApiCall, RecordService, build_request, read_answer, send_failed
+from ._types import GapHandler, Handler, Message, PublishAck
 
 __all__ = ["BosBase", "PubSub"]
 
@@ -159,17 +158,9 @@ class BosBase:
         request = build_request(http, call, self.auth_store.token)
         try:
             response = http.send(request)
-        except httpx.TimeoutException as error:
-            raise RequestTimeout(
-                f"no answer from {self.base_url} within {self.timeouts.request:g}s"
-            ) from error
         except httpx.HTTPError as error:
-            raise transport_error(error, action=f"reach {self.base_url}") from error
-        result = read_response(call, response.status_code, response.content)
-        if call.auth_call:
-            auth = cast(AuthResponse, result)
-            self.auth_store.save(auth["token"], auth["record"])
-        return result
+            raise send_failed(error, self.base_url, self.timeouts.request) from error
+        return read_answer(call, response, self.auth_store)
 
 
 class PubSub:

@@ -80,8 +80,19 @@ class AuthRecord:
     updated: str
 
 
+AUTH_TABLES = ("users", "_superusers")
+"""The auth collections, each one table in every store."""
+
+
 class AccountStore(abc.ABC):
     """Accounts of the auth collections, and the node-shared signing secrets."""
+
+    @staticmethod
+    def _table(collection: str) -> str:
+        """The table of ``collection``; raises ``ValueError`` for anything else."""
+        if collection not in AUTH_TABLES:
+            raise ValueError(f"not an auth collection: {collection!r}")
+        return collection
 
     @abc.abstractmethod
     async def find_by_email(self, collection: str, email: str) -> AuthRecord | None:
@@ -168,10 +179,10 @@ class Store(abc.ABC):
         """Store every message in one transaction; returns once it has committed.
 
         Returns one message per input, in order: the input itself, its
-        ``seq`` now set (consecutive within the batch, in input order), or, for an input
-        whose (``created_by``, ``key``) was stored before (or earlier in the
-        same batch), that first message, which is not stored again (its
-        ``id`` differs from the input's). Raises ``StoreError`` when nothing
+        ``seq`` now set (consecutive within the batch, in input order), or,
+        for an input whose (``created_by``, ``key``) was stored before (or
+        earlier in the same batch), that first message, which is not stored
+        again (its ``id`` differs from the input's). Raises ``StoreError`` when nothing
         was stored.
         """
 

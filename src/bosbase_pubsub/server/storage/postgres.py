@@ -9,19 +9,20 @@ this module's writer keeps:
 
     Rows of ``_pubsub_messages`` become visible in ``seq`` order.
 
-Every batch is stored by one call of the SQL function ``_pubsub_store_batch``
-(``_pubsub_store`` and ``_pubsub_append`` in earlier schema versions, kept for
-nodes not upgraded yet), that is one statement and so one transaction, which (1) takes the
-transaction-level advisory lock ``APPEND_LOCK``, (2) inserts the batch,
-drawing ``seq`` from an identity with ``CACHE 1`` (so values are handed out
-in the order they are drawn, across sessions), (3) notifies the feeds, and
-(4) commits. PostgreSQL releases a transaction's locks only after its
-commit is visible to every new snapshot, so the next batch draws its
-``seq`` values only once this one is visible: ``seq`` order is commit
-order. At any moment, every row that is not visible yet will have a larger
-``seq`` than every visible one, so a reader that has read up to ``n`` never
-needs to look below ``n`` again. A late commit cannot be skipped, whatever
-order the nodes assigned ids and timestamps in.
+Every batch is stored by one call of the SQL function
+``_pubsub_store_batch`` (``_pubsub_store`` and ``_pubsub_append`` in earlier
+schema versions, kept for nodes not upgraded yet), that is one statement and
+so one transaction, which (1) takes the transaction-level advisory lock
+``APPEND_LOCK``, (2) inserts the batch, drawing ``seq`` from an identity
+with ``CACHE 1`` (so values are handed out in the order they are drawn,
+across sessions), (3) notifies the feeds, and (4) commits. PostgreSQL
+releases a transaction's locks only after its commit is visible to every new
+snapshot, so the next batch draws its ``seq`` values only once this one is
+visible: ``seq`` order is commit order. At any moment, every row that is not
+visible yet will have a larger ``seq`` than every visible one, so a reader
+that has read up to ``n`` never needs to look below ``n`` again. A late
+commit cannot be skipped, whatever order the nodes assigned ids and
+timestamps in.
 
 The lock is held for the insert and the commit only, server-side, in one
 round trip: no node can stall the others by pausing while holding it.
@@ -40,12 +41,14 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
 import orjson
 
 from .base import (
+    AUTH_TABLES,
     AccountStore,
     AuthRecord,
     DuplicateRecordError,
@@ -57,8 +60,6 @@ from .base import (
 )
 
 log = logging.getLogger("bosbase_pubsub.storage.postgres")
-
-AUTH_TABLES = ("users", "_superusers")
 
 CHANNEL = "_pubsub_messages"
 """The LISTEN/NOTIFY channel. A notification only wakes the feeds: its payload is the
@@ -485,8 +486,6 @@ class PostgresStore(Store):
         rows = orjson.dumps(
             [
                 {"i": m.id, "t": m.topic, "b": m.created_by, "c": m.created, "k": m.key}
-                if keyed
-                else {"i": m.id, "t": m.topic, "b": m.created_by, "c": m.created}
                 for m in messages
             ]
         ).decode()
@@ -596,18 +595,7 @@ def _stored(messages: Sequence[Message], row: asyncpg.Record) -> list[Message]:
             stored.append(stored[owners[n] - 1])
         elif n in earlier:
             seq, message_id, created = earlier[n]
-            stored.append(
-                Message(
-                    id=message_id,
-                    topic=message.topic,
-                    data=message.data,
-                    created=created,
-                    origin=message.origin,
-                    created_by=message.created_by,
-                    seq=seq,
-                    key=message.key,
-                )
-            )
+            stored.append(replace(message, id=message_id, created=created, seq=seq))
         else:
             message.seq = next_seq
             next_seq += 1
@@ -620,12 +608,6 @@ class PostgresAccounts(AccountStore):
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
-
-    @staticmethod
-    def _table(collection: str) -> str:
-        if collection not in AUTH_TABLES:
-            raise ValueError(f"not an auth collection: {collection!r}")
-        return collection
 
     @staticmethod
     def _record(collection: str, row: asyncpg.Record | None) -> AuthRecord | None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .base import (
+    AUTH_TABLES,
     AccountStore,
     AuthRecord,
     DuplicateRecordError,
@@ -26,8 +27,6 @@ from .base import (
 )
 
 T = TypeVar("T")
-
-AUTH_TABLES = ("users", "_superusers")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS _pubsub_messages (
@@ -290,12 +289,6 @@ class SqliteAccounts(AccountStore):
 
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
-
-    @staticmethod
-    def _table(collection: str) -> str:
-        if collection not in AUTH_TABLES:
-            raise ValueError(f"not an auth collection: {collection!r}")
-        return collection
 
     @staticmethod
     def _record(collection: str, row: tuple[object, ...] | None) -> AuthRecord | None:
