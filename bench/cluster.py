@@ -178,6 +178,19 @@ def percentiles(samples: Sequence[float]) -> Json:
 # --------------------------------------------------------------------------- clients
 
 
+async def delivered(
+    ws: aiohttp.ClientWebSocketResponse[bool],
+) -> AsyncIterator[tuple[int, Json]]:
+    """Each ``message`` frame's arrival time (CLOCK_MONOTONIC ns) and ``data``, until the end."""
+    async for msg in ws:
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            continue
+        arrived = time.monotonic_ns()
+        frame = orjson.loads(msg.data)
+        if frame.get("type") == "message":
+            yield arrived, frame["data"]
+
+
 @dataclass
 class Subscriber:
     """One WebSocket subscribed to the topic on node ``node``; times every delivery."""
@@ -194,14 +207,7 @@ class Subscriber:
     last_arrival: float = 0.0
 
     async def read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            arrived = time.monotonic_ns()
-            frame = orjson.loads(msg.data)
-            if frame.get("type") != "message":
-                continue
-            data = frame["data"]
+        async for arrived, data in delivered(self.ws):
             origin, seq = data["o"], data["s"]
             key = (origin, seq)
             if key in self.seen:
@@ -435,14 +441,7 @@ class LoadgenSubscriber:
     duplicates: int = 0
 
     async def read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            arrived = time.monotonic_ns()
-            frame = orjson.loads(msg.data)
-            if frame.get("type") != "message":
-                continue
-            data = frame["data"]
+        async for arrived, data in delivered(self.ws):
             key = (data["bs"], data["bq"])
             if key in self.seen:
                 self.duplicates += 1
