@@ -167,10 +167,6 @@ async def test_a_pruned_position_says_so_and_replays_what_is_left(
     start_server: StartServer,
 ) -> None:
     server = start_server()
-    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
-    client = await WsClient.connect(server.ws_url, token=token)
-    first = await client.publish("p", "first")
-    await client.close()
     server.stop()
     await execute_many(
         server,
@@ -180,18 +176,23 @@ async def test_a_pruned_position_says_so_and_replays_what_is_left(
     )
     server = start_server("--prune-interval", "1s", data_dir=server.data_dir)
     server.wait_for_log("pruned 10 messages")
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
     client = await WsClient.connect(server.ws_url, token=token)
     try:
+        first = await client.publish("p", "first")
         kept = await client.publish("p", "kept")
-        ack = await client.request("subscribe", topic="p", since=first["position"])
+        # A position from before the pruned messages (as a client long gone would hold).
+        since = f"{epoch(first['position'])}:{seq(first['position']) - 11}"
+        ack = await client.request("subscribe", topic="p", since=since)
         assert ack["replay"] == "pruned"
-        # What is still stored after it is replayed: the first message, then the new one.
-        assert [m["id"] for m in await drain(client, 1)] == [kept["id"]]
+        # What is still stored after it is replayed, in order.
+        assert [m["id"] for m in await drain(client, 2)] == [first["id"], kept["id"]]
         await nothing_more(client)
         # A position after everything pruned is complete again.
         other = await WsClient.connect(server.ws_url)
-        ack = await other.request("subscribe", topic="p", since=kept["position"])
+        ack = await other.request("subscribe", topic="p", since=first["position"])
         assert ack["replay"] == "complete"
+        assert [m["id"] for m in await drain(other, 1)] == [kept["id"]]
         await other.close()
     finally:
         await client.close()

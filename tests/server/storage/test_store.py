@@ -99,6 +99,19 @@ async def test_pruning_raises_pruned_through(store: Store) -> None:
     assert (await store.positions()).newest == recent[0].seq  # still known
 
 
+async def test_pruning_deletes_a_prefix_of_the_stream(store: Store) -> None:
+    """In seq order, up to the first message that is not old enough (clocks may differ)."""
+    cutoff = "2001-01-01 00:00:00.000Z"
+    first = await store.append([message(created="2000-01-01 00:00:00.000Z")])
+    await store.append([message()])  # recent, from a node whose clock is ahead
+    behind = await store.append([message(created="2000-01-01 00:00:01.000Z")])
+    assert await store.prune(cutoff, 100) == 1
+    assert (await store.positions()).pruned_through == first[0].seq
+    # What is left is everything after the pruned position, the old message included.
+    assert await count(store) == 2
+    assert (await store.positions()).pruned_through == behind[0].seq
+
+
 async def test_a_key_is_stored_once_per_publisher(store: Store) -> None:
     first = await store.append([message(created_by="u1", key="k")])
     batch = [

@@ -196,10 +196,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def prune(self, before: str, limit: int) -> int:
-        """Delete at most ``limit`` messages created before ``before``; return how many.
+        """Delete the oldest messages created before ``before``; return how many.
 
-        Also raises the stored ``Positions.pruned_through`` to the highest
-        ``seq`` deleted.
+        Goes in ``seq`` order, deletes at most ``limit``, and stops at the
+        first message not created before ``before``: what is deleted is
+        always a prefix of the stream, so ``Positions.pruned_through`` (raised
+        to the highest ``seq`` deleted) means "nothing at or below it is left".
+        A message stored with an earlier ``created`` than one before it (the
+        nodes' clocks differ) waits until that one is old enough too.
         """
 
     @abc.abstractmethod

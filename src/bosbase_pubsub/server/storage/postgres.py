@@ -279,6 +279,10 @@ BEGIN
 END
 $fn$;
 """,
+    # 4: pruning goes by seq (the primary key), so the index on created only cost inserts.
+    """
+DROP INDEX IF EXISTS idx_pubsub_messages_created;
+""",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -286,10 +290,14 @@ _APPEND = "SELECT * FROM _pubsub_store_batch($1, $2, $3, $4)"
 
 PRUNED_THROUGH_PARAM = "pubsub.prunedThrough"
 
+# The oldest rows by seq, up to the first one not older than the cutoff (see Store.prune).
 _PRUNE = """
-WITH deleted AS (
-    DELETE FROM _pubsub_messages WHERE seq IN
-        (SELECT seq FROM _pubsub_messages WHERE created < $1 ORDER BY created LIMIT $2)
+WITH oldest AS (
+    SELECT seq, created FROM _pubsub_messages ORDER BY seq LIMIT $2
+), deleted AS (
+    DELETE FROM _pubsub_messages WHERE seq IN (
+        SELECT seq FROM oldest WHERE seq < coalesce(
+            (SELECT min(seq) FROM oldest WHERE created >= $1), 9223372036854775807))
     RETURNING seq
 ), mark AS (
     -- Resuming from below it may have missed messages ("pruned").

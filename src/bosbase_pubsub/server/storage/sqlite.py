@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS _pubsub_messages (
     created   TEXT NOT NULL,
     publishKey TEXT
 );
-CREATE INDEX IF NOT EXISTS idx_pubsub_messages_created ON _pubsub_messages (created);
 CREATE TABLE IF NOT EXISTS _params (
     id    TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -65,13 +64,24 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_{table}_email ON {table} (email COLLATE NO
 # Run after _SCHEMA, once the publishKey column exists (older files lack it).
 _SCHEMA_RESUME = """
 CREATE INDEX IF NOT EXISTS idx_pubsub_messages_topic_seq ON _pubsub_messages (topic, seq);
--- Superseded by (topic, seq); earlier versions created it, and it cost every insert.
+-- Superseded by (topic, seq) and by pruning in seq order; earlier versions
+-- created them, and each cost every insert.
 DROP INDEX IF EXISTS idx_pubsub_messages_topic_created;
+DROP INDEX IF EXISTS idx_pubsub_messages_created;
 CREATE UNIQUE INDEX IF NOT EXISTS idx_pubsub_messages_publish_key
     ON _pubsub_messages (createdBy, publishKey) WHERE publishKey IS NOT NULL;
 """
 
 PRUNED_THROUGH_PARAM = "pubsub.prunedThrough"
+
+# The oldest rows by seq, up to the first one not older than the cutoff (see Store.prune).
+_PRUNE = """
+WITH oldest AS (SELECT seq, created FROM _pubsub_messages ORDER BY seq LIMIT ?)
+DELETE FROM _pubsub_messages WHERE seq IN (
+    SELECT seq FROM oldest WHERE seq < coalesce(
+        (SELECT min(seq) FROM oldest WHERE created >= ?), 9223372036854775807))
+RETURNING seq
+"""
 
 _MESSAGE_COLUMNS = "seq, id, topic, payload, origin, createdBy, created, publishKey"
 
@@ -202,12 +212,7 @@ class SqliteStore(Store):
         def delete(connection: sqlite3.Connection) -> int:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                deleted = connection.execute(
-                    "DELETE FROM _pubsub_messages WHERE seq IN"
-                    " (SELECT seq FROM _pubsub_messages WHERE created < ?"
-                    " ORDER BY created LIMIT ?) RETURNING seq",
-                    (before, limit),
-                ).fetchall()
+                deleted = connection.execute(_PRUNE, (limit, before)).fetchall()
                 if deleted:
                     # Resuming from below it may have missed messages ("pruned").
                     connection.execute(
