@@ -11,8 +11,11 @@ latency   ``--nodes`` nodes (default 3) on one database. One publisher connectio
           carries its scheduled send time: a late send counts as latency);
           ``--subscribers`` per node on the topic, so every message is delivered on its own
           node and across nodes. Reported separately: cross-node and same-node p50/p99/max
-          publish-to-delivery, and lost / duplicated / out-of-order deliveries. The same
-          load on one node, on PostgreSQL and on SQLite, gives the single-node figures.
+          publish-to-delivery, and lost / duplicated / out-of-order deliveries. Right
+          after, on a fresh database, the same load and client against as many nodes of
+          Socket.IO with its PostgreSQL adapter (``baselines/socketio_server.js --pg``;
+          ``--no-latency-reference`` skips it), with bosbase's p50/p99 over its own. The
+          same load on one node, on PostgreSQL and on SQLite, gives the single-node figures.
 path      the cross-node path alone: this process stores rows as another node would (the
           same ``_pubsub_store_batch``: lock, multi-row insert, notify; ``--path-batch`` rows per
           transaction) at each of ``--path-rates`` msg/s for ``--path-step`` s; one
@@ -45,6 +48,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -64,6 +68,7 @@ from .common import (
     ServerOptions,
     bosbase_exe,
     ensure_loadgen,
+    ensure_node_modules,
     fmt,
     machine_info,
     managed,
@@ -178,17 +183,143 @@ def percentiles(samples: Sequence[float]) -> Json:
 # --------------------------------------------------------------------------- clients
 
 
-async def delivered(
-    ws: aiohttp.ClientWebSocketResponse[bool],
-) -> AsyncIterator[tuple[int, Json]]:
-    """Each ``message`` frame's arrival time (CLOCK_MONOTONIC ns) and ``data``, until the end."""
+class Wire(Protocol):
+    """How a client of one kind of server connects, subscribes, publishes and reads."""
+
+    async def connect(
+        self, session: aiohttp.ClientSession, server: Server, token: str | None = None
+    ) -> aiohttp.ClientWebSocketResponse[bool]: ...
+
+    async def subscribe(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None: ...
+
+    def publish(self, request_id: int, data: Json) -> str:
+        """The frame publishing ``data`` to ``TOPIC``, acked under ``request_id``."""
+        ...
+
+    def read(self, text: str) -> tuple[str, Any]:
+        """What a received frame is: ``("message", data)``, ``("ack", None)``,
+        ``("error", message)``, ``("ping", reply frame)`` or ``("other", None)``."""
+        ...
+
+
+class EnvelopeWire:
+    """bosbase's JSON envelopes (the contract)."""
+
+    async def connect(
+        self, session: aiohttp.ClientSession, server: Server, token: str | None = None
+    ) -> aiohttp.ClientWebSocketResponse[bool]:
+        headers = {"Authorization": token} if token else {}
+        ws = await session.ws_connect(
+            f"ws://127.0.0.1:{server.port}/api/pubsub", headers=headers, max_msg_size=0
+        )
+        ready = await asyncio.wait_for(ws.receive_json(), 10)
+        if ready.get("type") != "ready":
+            raise BenchError(f"expected ready, got {ready}")
+        return ws
+
+    async def subscribe(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+        await ws.send_str(
+            orjson.dumps({"type": "subscribe", "topic": TOPIC, "requestId": "s"}).decode()
+        )
+        reply = await asyncio.wait_for(ws.receive_json(), 10)
+        if reply.get("type") != "subscribed":
+            raise BenchError(f"subscribe failed: {reply}")
+
+    def publish(self, request_id: int, data: Json) -> str:
+        envelope = {"type": "publish", "topic": TOPIC, "requestId": str(request_id), "data": data}
+        return orjson.dumps(envelope).decode()
+
+    def read(self, text: str) -> tuple[str, Any]:
+        frame = orjson.loads(text)
+        kind = frame.get("type")
+        if kind == "message":
+            return "message", frame["data"]
+        if kind == "published":
+            return "ack", None
+        if kind == "error":
+            return "error", frame.get("message")
+        return "other", None
+
+
+async def _receive_text(ws: aiohttp.ClientWebSocketResponse[bool]) -> str:
+    text = await asyncio.wait_for(ws.receive_str(), 10)
+    return text if isinstance(text, str) else text.decode()
+
+
+class SocketIOWire:
+    """Engine.IO 4 / Socket.IO 4 text packets, as ``baselines/socketio_server.js`` speaks them.
+
+    ``0`` open, ``40`` connect, ``42[event, ...]`` an event, ``42<id>[...]`` one
+    that wants an ack, ``43<id>[...]`` the ack; ``2`` a ping, answered ``3``.
+    """
+
+    async def connect(
+        self, session: aiohttp.ClientSession, server: Server, token: str | None = None
+    ) -> aiohttp.ClientWebSocketResponse[bool]:
+        ws = await session.ws_connect(
+            f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket", max_msg_size=0
+        )
+        opened = await _receive_text(ws)
+        if not opened.startswith("0"):
+            raise BenchError(f"expected an Engine.IO open packet, got {opened!r}")
+        await ws.send_str("40")
+        connected = await _receive_text(ws)
+        if not connected.startswith("40"):
+            raise BenchError(f"expected a Socket.IO connect packet, got {connected!r}")
+        return ws
+
+    async def subscribe(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+        await ws.send_str("420" + orjson.dumps(["subscribe", TOPIC]).decode())
+        reply = await _receive_text(ws)
+        if not reply.startswith("430"):
+            raise BenchError(f"subscribe failed: {reply!r}")
+
+    def publish(self, request_id: int, data: Json) -> str:
+        return (
+            f"42{request_id}" + orjson.dumps(["publish", {"topic": TOPIC, "data": data}]).decode()
+        )
+
+    def read(self, text: str) -> tuple[str, Any]:
+        if text.startswith("42["):
+            event = orjson.loads(text[2:])
+            if event[0] == "message":
+                return "message", event[1]["data"]
+        elif text.startswith("43"):
+            return "ack", None
+        elif text == "2":
+            return "ping", "3"
+        return "other", None
+
+
+ENVELOPES = EnvelopeWire()
+SOCKET_IO = SocketIOWire()
+
+
+async def frames(
+    ws: aiohttp.ClientWebSocketResponse[bool], wire: Wire
+) -> AsyncIterator[tuple[int, str, Any]]:
+    """Each frame's arrival time (CLOCK_MONOTONIC ns) and what ``wire`` reads in it.
+
+    Pings are answered here and not passed on.
+    """
     async for msg in ws:
         if msg.type is not aiohttp.WSMsgType.TEXT:
             continue
         arrived = time.monotonic_ns()
-        frame = orjson.loads(msg.data)
-        if frame.get("type") == "message":
-            yield arrived, frame["data"]
+        kind, value = wire.read(msg.data)
+        if kind == "ping":
+            await ws.send_str(value)
+            continue
+        yield arrived, kind, value
+
+
+async def delivered(
+    ws: aiohttp.ClientWebSocketResponse[bool], wire: Wire = ENVELOPES
+) -> AsyncIterator[tuple[int, Json]]:
+    """Each ``message`` frame's arrival time (CLOCK_MONOTONIC ns) and ``data``, until the end."""
+    async for arrived, kind, data in frames(ws, wire):
+        if kind == "message":
+            yield arrived, data
 
 
 @dataclass
@@ -197,6 +328,7 @@ class Subscriber:
 
     node: int
     ws: aiohttp.ClientWebSocketResponse[bool]
+    wire: Wire = ENVELOPES
     cross_ms: list[float] = field(default_factory=list)
     same_ms: list[float] = field(default_factory=list)
     seen: set[tuple[int, int]] = field(default_factory=set)
@@ -207,7 +339,7 @@ class Subscriber:
     last_arrival: float = 0.0
 
     async def read(self) -> None:
-        async for arrived, data in delivered(self.ws):
+        async for arrived, data in delivered(self.ws, self.wire):
             origin, seq = data["o"], data["s"]
             key = (origin, seq)
             if key in self.seen:
@@ -226,44 +358,31 @@ class Subscriber:
 async def connect(
     session: aiohttp.ClientSession, server: Server, token: str | None = None
 ) -> aiohttp.ClientWebSocketResponse[bool]:
-    headers = {"Authorization": token} if token else {}
-    ws = await session.ws_connect(
-        f"ws://127.0.0.1:{server.port}/api/pubsub", headers=headers, max_msg_size=0
-    )
-    ready = await asyncio.wait_for(ws.receive_json(), 10)
-    if ready.get("type") != "ready":
-        raise BenchError(f"expected ready, got {ready}")
-    return ws
+    """A bosbase client connection (with ``token``: one that may publish)."""
+    return await ENVELOPES.connect(session, server, token)
 
 
 async def subscribe(ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
-    await ws.send_str(
-        orjson.dumps({"type": "subscribe", "topic": TOPIC, "requestId": "s"}).decode()
-    )
-    reply = await asyncio.wait_for(ws.receive_json(), 10)
-    if reply.get("type") != "subscribed":
-        raise BenchError(f"subscribe failed: {reply}")
+    await ENVELOPES.subscribe(ws)
 
 
 @dataclass
 class Publisher:
     node: int
     ws: aiohttp.ClientWebSocketResponse[bool]
+    wire: Wire = ENVELOPES
     seq: int = 0
     acks: int = 0
     errors: int = 0
     first_error: str = ""
 
     async def read(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                continue
-            reply = orjson.loads(msg.data)
-            if reply.get("type") == "published":
+        async for _, kind, value in frames(self.ws, self.wire):
+            if kind == "ack":
                 self.acks += 1
-            elif reply.get("type") == "error":
+            elif kind == "error":
                 self.errors += 1
-                self.first_error = self.first_error or str(reply.get("message"))
+                self.first_error = self.first_error or str(value)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -279,7 +398,13 @@ async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 
 async def run_latency(
-    servers: Sequence[Server], *, rate: float, duration: float, subscribers: int, drain: float
+    servers: Sequence[Server],
+    *,
+    rate: float,
+    duration: float,
+    subscribers: int,
+    drain: float,
+    wire: Wire = ENVELOPES,
 ) -> Json:
     """Open-loop publishing spread over ``servers``; every subscriber times every delivery."""
     tasks: list[asyncio.Task[None]] = []
@@ -287,11 +412,11 @@ async def run_latency(
         subs: list[Subscriber] = []
         for index, server in enumerate(servers):
             for _ in range(subscribers):
-                ws = await connect(session, server)
-                await subscribe(ws)
-                subs.append(Subscriber(index, ws))
+                ws = await wire.connect(session, server)
+                await wire.subscribe(ws)
+                subs.append(Subscriber(index, ws, wire))
         pubs = [
-            Publisher(index, await connect(session, server, server.token))
+            Publisher(index, await wire.connect(session, server, server.token), wire)
             for index, server in enumerate(servers)
         ]
         readers: list[Subscriber | Publisher] = [*subs, *pubs]
@@ -307,14 +432,9 @@ async def run_latency(
                 while sent < due_count:
                     publisher = pubs[sent % len(pubs)]
                     due = int(start + sent * interval)
-                    envelope = {
-                        "type": "publish",
-                        "topic": TOPIC,
-                        "requestId": str(sent),
-                        "data": {"o": publisher.node, "s": publisher.seq, "t": due},
-                    }
+                    data = {"o": publisher.node, "s": publisher.seq, "t": due}
                     publisher.seq += 1
-                    await publisher.ws.send_bytes(orjson.dumps(envelope))
+                    await publisher.ws.send_str(wire.publish(sent, data))
                     sent += 1
                 next_due = start + sent * interval
                 await asyncio.sleep(max(0.0, (next_due - time.monotonic_ns()) / 1e9))
@@ -545,6 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", default="1000", help="comma list of msg/s for the latency phase")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per latency run")
     p.add_argument("--subscribers", type=int, default=2, help="subscribers per node")
+    p.add_argument(
+        "--latency-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="latency phase: also run Socket.IO with its PostgreSQL adapter on --nodes nodes",
+    )
     p.add_argument("--drain", type=float, default=10.0, help="seconds to wait for stragglers")
     p.add_argument("--path-rates", default="5000,10000,20000,40000", help="msg/s steps")
     p.add_argument("--path-step", type=float, default=5.0, help="seconds per path step")
@@ -605,30 +731,62 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+LATENCY_REFERENCE = "socket.io + postgres-adapter"
+
+
+async def latency_run(
+    kind: str, count: int, rate: float, admin: str, workdir: Path, args: argparse.Namespace
+) -> Json:
+    """One latency run on ``count`` fresh nodes of ``kind``: ``postgres``, ``sqlite``
+    (bosbase on either store) or ``socketio-pg`` (the Socket.IO baseline's cluster)."""
+    async with contextlib.AsyncExitStack() as stack:
+        db_url = None
+        if kind != "sqlite":
+            db_url = await stack.enter_async_context(fresh_database(admin))
+        if kind == "socketio-pg":
+            await asyncio.to_thread(ensure_node_modules)
+            servers = [
+                stack.enter_context(
+                    Server(
+                        SERVER_KINDS["socketio-pg"], ServerOptions(cpu=None, db_url=db_url), workdir
+                    )
+                )
+                for _ in range(count)
+            ]
+            wire: Wire = SOCKET_IO
+        else:
+            if db_url is not None:
+                await asyncio.to_thread(make_superuser, db_url)
+            servers = stack.enter_context(nodes(count, db_url, workdir))
+            wire = ENVELOPES
+        return await run_latency(
+            servers,
+            rate=rate,
+            duration=args.duration,
+            subscribers=args.subscribers,
+            drain=args.drain,
+            wire=wire,
+        )
+
+
 async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, results: Json) -> None:
     admin = args.pg
     if "latency" in phases:
         results["latency"] = {}
-        for label, count, on_postgres in [
-            (f"postgres x{args.nodes}", args.nodes, True),
-            ("postgres x1", 1, True),
-            ("sqlite x1", 1, False),
-        ]:
+        runs: list[tuple[str, int, str]] = [(f"postgres x{args.nodes}", args.nodes, "postgres")]
+        if args.latency_reference:
+            runs.append((f"{LATENCY_REFERENCE} x{args.nodes}", args.nodes, "socketio-pg"))
+        runs += [("postgres x1", 1, "postgres"), ("sqlite x1", 1, "sqlite")]
+        for label, count, kind in runs:
             for rate in args.rate:
                 print(f"[latency] {label} at {rate:,.0f} msg/s", file=sys.stderr)
-                async with contextlib.AsyncExitStack() as stack:
-                    db_url = None
-                    if on_postgres:
-                        db_url = await stack.enter_async_context(fresh_database(admin))
-                        await asyncio.to_thread(make_superuser, db_url)
-                    with nodes(count, db_url, workdir) as servers:
-                        result = await run_latency(
-                            servers,
-                            rate=rate,
-                            duration=args.duration,
-                            subscribers=args.subscribers,
-                            drain=args.drain,
-                        )
+                try:
+                    result = await latency_run(kind, count, rate, admin, workdir, args)
+                except BenchError as e:  # a baseline that cannot run here: bosbase's rows stand
+                    if kind != "socketio-pg":
+                        raise
+                    print(f"    failed: {e}", file=sys.stderr)
+                    result = {"rate": rate, "error": str(e)}
                 results["latency"].setdefault(label, []).append(result)
                 print(f"    {result}", file=sys.stderr)
     if "path" in phases:
@@ -688,6 +846,9 @@ def report(args: argparse.Namespace, results: Json) -> None:
         rows = []
         for label, runs in results["latency"].items():
             for r in runs:
+                if "error" in r:
+                    rows.append([label, "-", fmt(r["rate"]), "failed"])
+                    continue
                 for kind in ("cross_node", "same_node"):
                     lat = r[kind]
                     if not lat["count"]:
@@ -723,6 +884,17 @@ def report(args: argparse.Namespace, results: Json) -> None:
             ],
             rows,
         )
+        ours = results["latency"].get(f"postgres x{args.nodes}", [])
+        theirs = results["latency"].get(f"{LATENCY_REFERENCE} x{args.nodes}", [])
+        for mine, ref in zip(ours, theirs, strict=False):
+            if "error" in ref or not ref["cross_node"]["count"]:
+                continue
+            a, b = mine["cross_node"], ref["cross_node"]
+            print(
+                f"cross-node at {fmt(mine['rate'])} msg/s, bosbase over {LATENCY_REFERENCE}"
+                f" (same run): p50 {ratio(a['p50_ms'], b['p50_ms'])},"
+                f" p99 {ratio(a['p99_ms'], b['p99_ms'])}"
+            )
     if "path" in results:
         print(
             f"\nCross-node path: rows stored by another writer ({args.path_batch} per"

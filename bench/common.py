@@ -191,10 +191,12 @@ def ensure_loadgen() -> Path:
     return LOADGEN_BIN
 
 
+NODE_BASELINE_PACKAGES = ("ws", "socket.io", "@socket.io/postgres-adapter", "pg")
+
+
 def ensure_node_modules() -> None:
-    if (BASELINES / "node_modules" / "ws").exists() and (
-        BASELINES / "node_modules" / "socket.io"
-    ).exists():
+    modules = BASELINES / "node_modules"
+    if all((modules / name).exists() for name in NODE_BASELINE_PACKAGES):
         return
     npm = shutil.which("npm")
     if not npm:
@@ -224,6 +226,13 @@ SERVER_KINDS: dict[str, ServerKind] = {
         ServerKind("bosbase", "env", "bosbase-pubsub (this project)", needs_token=True),
         ServerKind("ws", "env", "bare Node.js ws fan-out (no auth, no store)", needs_node=True),
         ServerKind("socketio-node", "sio", "Socket.IO 4 on Node, websocket only", needs_node=True),
+        ServerKind(
+            "socketio-pg",
+            "sio",
+            "Socket.IO 4 on Node, nodes joined by @socket.io/postgres-adapter (no storage)",
+            needs_node=True,
+            needs_db=True,
+        ),
         ServerKind("socketio-py", "sio", "python-socketio on aiohttp + uvloop, websocket only"),
         ServerKind(
             "pg-group-commit",
@@ -242,7 +251,7 @@ def parse_servers(text: str) -> list[ServerKind]:
     choices = sorted(k.name for k in SERVER_KINDS.values() if not k.needs_db)
     unknown = [n for n in names if n not in choices]
     if unknown:
-        # pg-group-commit needs a database: bench.cluster's publish phase runs it.
+        # pg-group-commit and socketio-pg need a database: bench.cluster runs them.
         raise SystemExit(f"unknown server(s) {unknown}; choose from {choices}")
     return [SERVER_KINDS[n] for n in names]
 
@@ -303,6 +312,11 @@ class Server:
             return [_node(), str(BASELINES / "ws_server.js"), "--port", port]
         if self.kind.name == "socketio-node":
             return [_node(), str(BASELINES / "socketio_server.js"), "--port", port]
+        if self.kind.name == "socketio-pg":
+            if not self.opts.db_url:
+                raise BenchError("socketio-pg needs a PostgreSQL database (ServerOptions.db_url)")
+            script = str(BASELINES / "socketio_server.js")
+            return [_node(), script, "--port", port, "--pg", self.opts.db_url]
         if self.kind.name == "socketio-py":
             return [sys.executable, str(BASELINES / "socketio_py.py"), "--port", port]
         if self.kind.name == "pg-group-commit":

@@ -5,7 +5,14 @@
 // the same envelope as the other servers ({type:"message", id, topic, data, created})
 // to the room with io.to(topic).emit("message", env), which encodes the packet once.
 //
-// Usage: node socketio_server.js --port PORT [--host 127.0.0.1]
+//
+// With --pg URL, several of these form one cluster through PostgreSQL with the
+// official @socket.io/postgres-adapter (LISTEN/NOTIFY, payloads over its
+// threshold through its attachments table): what bench.cluster compares
+// bosbase's cross-node latency with. Nothing is stored; publishes are acked at once.
+//
+// Usage: node socketio_server.js --port PORT [--host 127.0.0.1] [--pg POSTGRES_URL]
+const crypto = require('crypto');
 const http = require('http');
 const { Server } = require('socket.io');
 
@@ -15,7 +22,10 @@ function arg(name, dflt) {
 }
 const host = arg('--host', '127.0.0.1');
 const port = Number(arg('--port', '8092'));
+const pgUrl = arg('--pg', '');
 
+// Message ids unique across the nodes of a cluster.
+const node = crypto.randomBytes(4).toString('hex');
 let nextMsg = 0;
 function created() {
   return new Date().toISOString().replace('T', ' ');
@@ -43,7 +53,7 @@ io.on('connection', (socket) => {
   });
   socket.on('publish', (msg, ack) => {
     const topic = String((msg && msg.topic) || '');
-    const id = 'm' + (++nextMsg).toString(36);
+    const id = node + (++nextMsg).toString(36);
     const ts = created();
     const data = msg && msg.data !== undefined ? msg.data : null;
     if (typeof ack === 'function') ack({ id, topic, created: ts });
@@ -51,7 +61,25 @@ io.on('connection', (socket) => {
   });
 });
 
-server.listen(port, host, () => {
-  console.log(`socket.io baseline listening on ${host}:${port}`);
-});
+async function clusterThroughPostgres(url) {
+  const { createAdapter } = require('@socket.io/postgres-adapter');
+  const { Pool } = require('pg');
+  const pool = new Pool({ connectionString: url, max: 4 });
+  // The adapter's table for payloads too large for a notification (as its README creates it).
+  await pool.query(`CREATE TABLE IF NOT EXISTS socket_io_attachments (
+    id bigserial UNIQUE, created_at timestamptz DEFAULT NOW(), payload bytea)`);
+  io.adapter(createAdapter(pool));
+}
+
+(pgUrl ? clusterThroughPostgres(pgUrl) : Promise.resolve()).then(
+  () => {
+    server.listen(port, host, () => {
+      console.log(`socket.io baseline listening on ${host}:${port}${pgUrl ? ' (postgres adapter)' : ''}`);
+    });
+  },
+  (err) => {
+    console.error(`postgres adapter: ${err.message}`);
+    process.exit(1);
+  },
+);
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(0));
