@@ -142,7 +142,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             help="bytes queued for a subscriber that is not reading before it is closed",
             metavar="SIZE")  # fmt: skip
     _option(parser, "--heartbeat", default="30s", type=duration,
-            help="WebSocket ping interval; silent peers are dropped after half of it",
+            help="WebSocket heartbeat: a silent peer gets a ping, then is dropped (0s: off)",
             metavar="DURATION")  # fmt: skip
     _option(parser, "--failed-signins-per-identity", default="5", type=_positive_int,
             help="failed sign-ins per account within the window before 429",

@@ -95,6 +95,40 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(start_server: StartS
     await alive.close()
 
 
+async def test_a_peer_that_only_answers_pings_stays_and_its_own_pings_are_answered(
+    start_server: StartServer,
+) -> None:
+    server = start_server("--heartbeat", "1s")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(server.ws_url, autoping=False) as quiet,
+    ):
+        assert (await quiet.receive_json())["type"] == "ready"
+        pings = 0
+        deadline = asyncio.get_running_loop().time() + 4  # several heartbeats
+        while asyncio.get_running_loop().time() < deadline:
+            message = await asyncio.wait_for(quiet.receive(), 5)
+            assert message.type is aiohttp.WSMsgType.PING, message
+            pings += 1
+            await quiet.pong(message.data)
+        assert pings >= 2
+        # The server answers a client's WebSocket ping with a pong of the same payload.
+        await quiet.ping(b"are you there")
+        message = await asyncio.wait_for(quiet.receive(), 5)
+        while message.type is aiohttp.WSMsgType.PING:  # one of the server's, crossing ours
+            await quiet.pong(message.data)
+            message = await asyncio.wait_for(quiet.receive(), 5)
+        assert message.type is aiohttp.WSMsgType.PONG
+        assert message.data == b"are you there"
+        # Still served.
+        await quiet.send_json({"type": "ping", "requestId": "p"})
+        reply = await asyncio.wait_for(quiet.receive(), 5)
+        while reply.type is aiohttp.WSMsgType.PING:
+            await quiet.pong(reply.data)
+            reply = await asyncio.wait_for(quiet.receive(), 5)
+        assert json.loads(reply.data) == {"type": "pong", "requestId": "p"}
+
+
 @BOTH_BACKENDS
 def test_account_commands(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     where = ["--dir", str(tmp_path / "pb_data")]

@@ -66,6 +66,10 @@ def encode_text_frame(payload: bytes) -> bytes:
     return frame
 
 
+PING_FRAME = Frame(Opcode.PING, b"").serialize(mask=False)
+"""An unmasked server-to-client WebSocket ping with no payload."""
+
+
 def encode_close_frame(code: int, reason: str) -> bytes:
     """One unmasked server-to-client WebSocket close frame."""
     return Frame(Opcode.CLOSE, Close(code, reason).serialize()).serialize(mask=False)

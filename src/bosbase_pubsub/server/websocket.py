@@ -4,6 +4,12 @@ The identity is read once, at the handshake (see ``auth``); a token's expiry
 is still enforced on every publish. Requests are parsed by the pure
 ``protocol`` module; this module applies the node's limits, talks to the hub
 and the commit queue, and writes replies.
+
+Heartbeats are the endpoint's, not aiohttp's (which re-arms a timer for
+every frame received, a cost on every publish): every half ``heartbeat`` one
+task looks at every connection; one that sent nothing since the last look
+gets a ping, and one that still sent nothing (not even the pong) by the next
+look is dropped. Receiving marks a connection as heard, nothing more.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from .. import protocol
 from .auth import Authenticator, Identity
 from .commits import CommitQueue
 from .config import Limits
-from .hub import Hub, Subscriber
+from .hub import PING_FRAME, Hub, Subscriber
 from .ids import new_id, now_created
 from .metrics import Metrics
 from .resume import catch_up
@@ -30,6 +36,9 @@ log = logging.getLogger("bosbase_pubsub.websocket")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
+CLOSE_PING_TIMEOUT = 1011
+PING_TIMEOUT_GRACE = 1.0
+"""Seconds a dropped silent peer gets to take the close frame before its socket is aborted."""
 
 
 def err_topic_too_long(limits: Limits) -> str:
@@ -90,6 +99,8 @@ class PubSubEndpoint:
         self.heartbeat = heartbeat
         self._per_address: Counter[str] = Counter()
         self._sockets: set[web.WebSocketResponse] = set()
+        self._connections: set[Connection] = set()
+        self._heartbeats: asyncio.Task[None] | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for ``GET /api/pubsub``."""
@@ -101,7 +112,7 @@ class PubSubEndpoint:
             identity = None
         ws = web.WebSocketResponse(
             max_msg_size=self.limits.max_frame_bytes,
-            heartbeat=self.heartbeat or None,
+            autoping=False,  # pings are answered and pongs noted in Connection.serve
             compress=False,  # frames are pre-built once and shared by every subscriber
         )
         await ws.prepare(request)
@@ -122,9 +133,13 @@ class PubSubEndpoint:
         self._sockets.add(ws)
         self.metrics.connections += 1
         connection = Connection(self, Subscriber(new_id(), transport, peer), identity)
+        self._connections.add(connection)
+        if self._heartbeats is None and self.heartbeat > 0:
+            self._heartbeats = asyncio.get_running_loop().create_task(self._beat())
         try:
             await connection.serve(ws)
         finally:
+            self._connections.discard(connection)
             connection.stop_replays()
             self.hub.unsubscribe(connection.subscriber)
             connection.subscriber.closed = True
@@ -135,8 +150,32 @@ class PubSubEndpoint:
                 del self._per_address[peer]
         return ws
 
+    async def _beat(self) -> None:
+        """Ping the connections that went quiet, drop those that stayed quiet (see the module)."""
+        while True:
+            await asyncio.sleep(self.heartbeat / 2)
+            try:
+                self._look_at_connections()
+            except Exception:  # a bug here must not end heartbeats for good
+                log.exception("heartbeat round failed")
+
+    def _look_at_connections(self) -> None:
+        for connection in list(self._connections):
+            subscriber = connection.subscriber
+            if connection.heard:
+                connection.heard = connection.pinged = False
+            elif not connection.pinged:
+                connection.pinged = True
+                subscriber.write(PING_FRAME)
+            elif not subscriber.closed:
+                log.info("dropped %s: no answer to a ping", subscriber.peer)
+                subscriber.close(CLOSE_PING_TIMEOUT, "ping timeout", grace=PING_TIMEOUT_GRACE)
+
     async def close_all(self) -> None:
         """Close every socket with 1001 (going away), for a graceful shutdown."""
+        heartbeats, self._heartbeats = self._heartbeats, None
+        if heartbeats is not None:
+            heartbeats.cancel()
         sockets = list(self._sockets)
         await asyncio.gather(
             *(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for ws in sockets),
@@ -147,7 +186,7 @@ class PubSubEndpoint:
 class Connection:
     """One client's session: its subscriptions, identity and publish budget."""
 
-    __slots__ = ("bucket", "endpoint", "identity", "replays", "subscriber")
+    __slots__ = ("bucket", "endpoint", "heard", "identity", "pinged", "replays", "subscriber")
 
     def __init__(
         self, endpoint: PubSubEndpoint, subscriber: Subscriber, identity: Identity | None
@@ -159,6 +198,10 @@ class Connection:
         self.bucket = PublishBucket(limits.publish_rate, limits.publish_burst)
         self.replays: dict[str, asyncio.Task[None]] = {}
         """Subscriptions catching up from the store, by topic."""
+        self.heard = True
+        """Whether a frame came since the endpoint's last heartbeat look."""
+        self.pinged = False
+        """Whether the endpoint pinged this connection and waits for an answer."""
 
     def stop_replays(self, topic: str | None = None) -> None:
         """Cancel the replay of ``topic`` (of every topic when None)."""
@@ -173,8 +216,13 @@ class Connection:
         )
         while True:
             msg = await ws.receive()
+            self.heard = True
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 self.handle_frame(msg.data)
+            elif msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.PONG:
+                pass  # heard: that is all a pong is for
             elif msg.type is WSMsgType.ERROR:
                 if ws.close_code == 1009:
                     self.endpoint.metrics.oversized_frame_closes += 1
