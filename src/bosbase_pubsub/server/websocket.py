@@ -15,6 +15,7 @@ look is dropped. Receiving marks a connection as heard, nothing more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -220,7 +221,8 @@ class Connection:
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
                 self.handle_frame(msg.data)
             elif msg.type is WSMsgType.PING:
-                await ws.pong(msg.data)
+                with contextlib.suppress(ConnectionError):  # closing meanwhile: nothing to answer
+                    await ws.pong(msg.data)
             elif msg.type is WSMsgType.PONG:
                 pass  # heard: that is all a pong is for
             elif msg.type is WSMsgType.ERROR:
