@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import replace
 
 import asyncpg
 import pytest
 
 from bosbase_pubsub.server.storage import Feed, Message, StoreError
-from bosbase_pubsub.server.storage.postgres import SCHEMA_VERSION, PostgresStore
+from bosbase_pubsub.server.storage.postgres import CHANNEL, SCHEMA_VERSION, PostgresStore
 from bosbase_pubsub.server.storage.postgres_feed import PostgresFeed
 
 from ...postgres import free_port
@@ -203,6 +203,84 @@ async def test_the_feed_returns_the_nodes_own_messages_as_markers(
         assert feed.position == own[-1].seq
     finally:
         await feed.close()
+
+
+class Notifications:
+    """A bare LISTEN connection (not a node's feed): the payloads of the notifications it hears."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+        self.heard: list[str] = []
+
+    @classmethod
+    async def open(cls, url: str) -> Notifications:
+        spy = cls(await asyncpg.connect(url))
+        await spy.connection.add_listener(CHANNEL, lambda *args: spy.heard.append(args[-1]))
+        return spy
+
+    async def after(self, append: Awaitable[object]) -> bool:
+        """Whether ``append`` was notified (waits a moment for the notification)."""
+        before = len(self.heard)
+        await append
+        await asyncio.sleep(0.1)
+        return len(self.heard) > before
+
+
+async def test_a_node_notifies_only_while_another_nodes_feed_listens(
+    pg_database: str, stores: list[PostgresStore]
+) -> None:
+    a, b = stores
+    spy = await Notifications.open(pg_database)
+    feed_a = a.feed(skip_origin="node-a")
+    await feed_a.open()
+    stored: list[Message] = []
+
+    async def append() -> None:
+        stored.extend(await a.append([message(origin="node-a")]))
+
+    feed_b: Feed | None = None
+    try:
+        assert await spy.after(append())  # not known yet: notified
+        for _ in range(50):  # within a look or two (LISTENERS_CHECK_INTERVAL)
+            if not await spy.after(append()):
+                break
+        else:
+            raise AssertionError("a node alone went on notifying")
+        # Another node's feed starts: it is told again within a look or two, and in
+        # the meantime its fallback poll reads what went unannounced.
+        feed_b = b.feed(skip_origin="node-b")
+        await feed_b.open()
+        unannounced = len(stored)
+        for _ in range(50):
+            if await spy.after(append()):
+                break
+        else:
+            raise AssertionError("another node's feed was never notified")
+        received = await collect(feed_b, len(stored) - unannounced)
+        assert ids(received) == ids(stored[unannounced:])
+    finally:
+        if feed_b is not None:
+            await feed_b.close()
+        await feed_a.close()
+        await spy.connection.close()
+
+
+async def test_an_append_by_a_node_of_an_earlier_version_notifies(
+    pg_database: str, stores: list[PostgresStore]
+) -> None:
+    """Such a node never sets the session setting: the function notifies as before."""
+    spy = await Notifications.open(pg_database)
+    connection = await asyncpg.connect(pg_database)
+    try:
+        rows = '[{"i": "x23456789012345", "t": "t", "b": null, "c": "2026-01-01 00:00:00.000Z"}]'
+        call = connection.fetchrow(
+            "SELECT * FROM _pubsub_store_batch($1, $2, $3, false)", "old-node", rows, "[1]"
+        )
+        assert await spy.after(call)
+        assert spy.heard[-1] == "old-node"
+    finally:
+        await connection.close()
+        await spy.connection.close()
 
 
 async def test_payloads_come_back_byte_for_byte(stores: list[PostgresStore]) -> None:

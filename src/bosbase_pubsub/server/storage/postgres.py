@@ -15,7 +15,8 @@ schema versions, kept for nodes not upgraded yet), that is one statement and
 so one transaction, which (1) takes the transaction-level advisory lock
 ``APPEND_LOCK``, (2) inserts the batch, drawing ``seq`` from an identity
 with ``CACHE 1`` (so values are handed out in the order they are drawn,
-across sessions), (3) notifies the feeds, and (4) commits. PostgreSQL
+across sessions), (3) notifies the feeds (unless no other node listens:
+see below), and (4) commits. PostgreSQL
 releases a transaction's locks only after its commit is visible to every new
 snapshot, so the next batch draws its ``seq`` values only once this one is
 visible: ``seq`` order is commit order. At any moment, every row that is not
@@ -26,6 +27,15 @@ timestamps in.
 
 The lock is held for the insert and the commit only, server-side, in one
 round trip: no node can stall the others by pausing while holding it.
+
+Notifications only wake feeds (they never decide what is read), and one that
+nobody else hears is pure cost: PostgreSQL signals the node's own feed
+connection, which the node then reads and ignores, as dear as the rest of a
+one-message append. So a node looks every ``LISTENERS_CHECK_INTERVAL`` for
+other nodes' feed connections (by ``application_name``, ``FEED_APPLICATION``)
+and sets ``NOTIFY_SETTING`` to ``off`` on its append connection while there
+are none. A node that starts meanwhile is woken by its fallback poll until the
+others have seen it: later, at worst, never lost.
 
 Connections per node: one for appends (the hot path: no pool round trips),
 a small pool for accounts, pruning, locks and health, and one for each feed
@@ -65,6 +75,15 @@ CHANNEL = "_pubsub_messages"
 """The LISTEN/NOTIFY channel. A notification only wakes the feeds: its payload is the
 id of the node that stored the batch, never the messages."""
 
+NOTIFY_SETTING = "pubsub.notify"
+"""A session setting of the append connection: ``off`` while no other node listens."""
+FEED_APPLICATION = "bosbase-pubsub feed"
+"""The ``application_name`` of feed connections, ``bosbase-pubsub feed <node id>``: a node
+looks for the others' to know whether its notifications would wake anyone."""
+LISTENERS_CHECK_INTERVAL = 1.0
+"""Seconds between two looks for other nodes' feeds (a node started in between may be
+woken by its fallback poll only, for up to that long)."""
+
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection before giving up (the store is then unreachable)."""
 QUERY_TIMEOUT = 10.0
@@ -84,6 +103,88 @@ SCHEMA_LOCK = lock_key("bosbase_pubsub.schema")
 APPEND_LOCK = lock_key("bosbase_pubsub.append")
 
 _SCHEMA_VERSION_PARAM = "pubsub.schemaVersion"
+
+# Schema version 3: a batch travels as two JSON documents rather than seven arrays (asyncpg
+# encodes arrays element by element, the costliest part of an append on the
+# node), and comes back as one row; (topic, created) gave way to (topic, seq).
+_MIGRATION_3 = f"""
+DROP INDEX IF EXISTS idx_pubsub_messages_topic_created;
+-- p_rows: [{{"i": id, "t": topic, "b": createdBy, "c": created, "k": key}}, ...];
+-- p_payloads: [data, ...] in the same order (json_array_elements keeps each
+-- element's text as sent). Stores the batch like _pubsub_store and returns one
+-- row: the first and last seq stored (the stored inputs got consecutive values
+-- in input order), and for each input not stored (its (createdBy, key) was
+-- stored before, or by an earlier input of the batch) its position n (from 1)
+-- with either the earlier row's seq, id and created, or the owning input's n.
+CREATE OR REPLACE FUNCTION _pubsub_store_batch(
+    p_origin TEXT, p_rows JSON, p_payloads JSON, p_keyed BOOLEAN
+) RETURNS TABLE (
+    o_first BIGINT, o_last BIGINT, o_dup_n BIGINT[], o_dup_owner BIGINT[],
+    o_dup_seq BIGINT[], o_dup_id TEXT[], o_dup_created TEXT[]
+) LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- Released after the commit is visible: seq order is commit order. Every
+    -- append holds it, so no other transaction can store the same key meanwhile.
+    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
+    IF NOT p_keyed THEN
+        RETURN QUERY
+        WITH inserted AS (
+            INSERT INTO _pubsub_messages (id, topic, payload, origin, "createdBy", created)
+            SELECT r.i, r.t, d.v, p_origin, r.b, r.c
+            FROM ROWS FROM (json_to_recordset(p_rows) AS (i TEXT, t TEXT, b TEXT, c TEXT))
+                WITH ORDINALITY AS r(i, t, b, c, n)
+            JOIN json_array_elements(p_payloads) WITH ORDINALITY AS d(v, n) ON d.n = r.n
+            ORDER BY r.n
+            RETURNING seq
+        )
+        SELECT min(seq), max(seq), NULL::BIGINT[], NULL::BIGINT[], NULL::BIGINT[],
+            NULL::TEXT[], NULL::TEXT[]
+        FROM inserted;
+    ELSE
+        RETURN QUERY
+        WITH input AS (
+            SELECT r.n, r.i, r.t, r.b, r.c, d.v,
+                CASE WHEN r.b IS NULL THEN NULL ELSE r.k END AS k
+            FROM ROWS FROM (json_to_recordset(p_rows) AS (i TEXT, t TEXT, b TEXT, c TEXT, k TEXT))
+                WITH ORDINALITY AS r(i, t, b, c, k, n)
+            JOIN json_array_elements(p_payloads) WITH ORDINALITY AS d(v, n) ON d.n = r.n
+        ), owner AS (
+            -- The first input of the batch with the same (createdBy, key).
+            SELECT i.n, CASE WHEN i.k IS NULL THEN i.n
+                ELSE min(i.n) OVER (PARTITION BY i.b, i.k) END AS first
+            FROM input i
+        ), earlier AS (
+            SELECT i.n, m.seq, m.id, m.created FROM input i JOIN _pubsub_messages m
+                ON m."createdBy" = i.b AND m."publishKey" = i.k
+        ), inserted AS (
+            INSERT INTO _pubsub_messages
+                (id, topic, payload, origin, "createdBy", created, "publishKey")
+            SELECT i.i, i.t, i.v, p_origin, i.b, i.c, i.k
+            FROM input i JOIN owner o ON o.n = i.n
+            WHERE o.first = i.n AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.n = i.n)
+            ORDER BY i.n
+            RETURNING seq
+        )
+        SELECT (SELECT min(seq) FROM inserted), (SELECT max(seq) FROM inserted),
+            array_agg(o.n ORDER BY o.n),
+            array_agg(CASE WHEN e.n IS NULL THEN o.first END ORDER BY o.n),
+            array_agg(e.seq ORDER BY o.n), array_agg(e.id ORDER BY o.n),
+            array_agg(e.created ORDER BY o.n)
+        FROM owner o LEFT JOIN earlier e ON e.n = o.n
+        WHERE o.first <> o.n OR e.n IS NOT NULL;
+    END IF;
+    PERFORM pg_notify('{CHANNEL}', p_origin);
+END
+$fn$;
+"""
+
+_NOTIFY_ALWAYS = f"    PERFORM pg_notify('{CHANNEL}', p_origin);\n"
+_NOTIFY_UNLESS_OFF = f"""    -- Off while no other node's feed listens (see PostgresStore).
+    IF current_setting('{NOTIFY_SETTING}', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('{CHANNEL}', p_origin);
+    END IF;
+"""
+assert _MIGRATION_3.count(_NOTIFY_ALWAYS) == 1
 
 _MIGRATIONS: tuple[str, ...] = (
     # 1: messages, accounts, and the append function.
@@ -206,83 +307,15 @@ BEGIN
 END
 $fn$;
 """,
-    # 3: a batch travels as two JSON documents rather than seven arrays (asyncpg
-    # encodes arrays element by element, the costliest part of an append on the
-    # node), and comes back as one row; (topic, created) gave way to (topic, seq).
-    f"""
-DROP INDEX IF EXISTS idx_pubsub_messages_topic_created;
--- p_rows: [{{"i": id, "t": topic, "b": createdBy, "c": created, "k": key}}, ...];
--- p_payloads: [data, ...] in the same order (json_array_elements keeps each
--- element's text as sent). Stores the batch like _pubsub_store and returns one
--- row: the first and last seq stored (the stored inputs got consecutive values
--- in input order), and for each input not stored (its (createdBy, key) was
--- stored before, or by an earlier input of the batch) its position n (from 1)
--- with either the earlier row's seq, id and created, or the owning input's n.
-CREATE OR REPLACE FUNCTION _pubsub_store_batch(
-    p_origin TEXT, p_rows JSON, p_payloads JSON, p_keyed BOOLEAN
-) RETURNS TABLE (
-    o_first BIGINT, o_last BIGINT, o_dup_n BIGINT[], o_dup_owner BIGINT[],
-    o_dup_seq BIGINT[], o_dup_id TEXT[], o_dup_created TEXT[]
-) LANGUAGE plpgsql AS $fn$
-BEGIN
-    -- Released after the commit is visible: seq order is commit order. Every
-    -- append holds it, so no other transaction can store the same key meanwhile.
-    PERFORM pg_advisory_xact_lock({APPEND_LOCK});
-    IF NOT p_keyed THEN
-        RETURN QUERY
-        WITH inserted AS (
-            INSERT INTO _pubsub_messages (id, topic, payload, origin, "createdBy", created)
-            SELECT r.i, r.t, d.v, p_origin, r.b, r.c
-            FROM ROWS FROM (json_to_recordset(p_rows) AS (i TEXT, t TEXT, b TEXT, c TEXT))
-                WITH ORDINALITY AS r(i, t, b, c, n)
-            JOIN json_array_elements(p_payloads) WITH ORDINALITY AS d(v, n) ON d.n = r.n
-            ORDER BY r.n
-            RETURNING seq
-        )
-        SELECT min(seq), max(seq), NULL::BIGINT[], NULL::BIGINT[], NULL::BIGINT[],
-            NULL::TEXT[], NULL::TEXT[]
-        FROM inserted;
-    ELSE
-        RETURN QUERY
-        WITH input AS (
-            SELECT r.n, r.i, r.t, r.b, r.c, d.v,
-                CASE WHEN r.b IS NULL THEN NULL ELSE r.k END AS k
-            FROM ROWS FROM (json_to_recordset(p_rows) AS (i TEXT, t TEXT, b TEXT, c TEXT, k TEXT))
-                WITH ORDINALITY AS r(i, t, b, c, k, n)
-            JOIN json_array_elements(p_payloads) WITH ORDINALITY AS d(v, n) ON d.n = r.n
-        ), owner AS (
-            -- The first input of the batch with the same (createdBy, key).
-            SELECT i.n, CASE WHEN i.k IS NULL THEN i.n
-                ELSE min(i.n) OVER (PARTITION BY i.b, i.k) END AS first
-            FROM input i
-        ), earlier AS (
-            SELECT i.n, m.seq, m.id, m.created FROM input i JOIN _pubsub_messages m
-                ON m."createdBy" = i.b AND m."publishKey" = i.k
-        ), inserted AS (
-            INSERT INTO _pubsub_messages
-                (id, topic, payload, origin, "createdBy", created, "publishKey")
-            SELECT i.i, i.t, i.v, p_origin, i.b, i.c, i.k
-            FROM input i JOIN owner o ON o.n = i.n
-            WHERE o.first = i.n AND NOT EXISTS (SELECT 1 FROM earlier e WHERE e.n = i.n)
-            ORDER BY i.n
-            RETURNING seq
-        )
-        SELECT (SELECT min(seq) FROM inserted), (SELECT max(seq) FROM inserted),
-            array_agg(o.n ORDER BY o.n),
-            array_agg(CASE WHEN e.n IS NULL THEN o.first END ORDER BY o.n),
-            array_agg(e.seq ORDER BY o.n), array_agg(e.id ORDER BY o.n),
-            array_agg(e.created ORDER BY o.n)
-        FROM owner o LEFT JOIN earlier e ON e.n = o.n
-        WHERE o.first <> o.n OR e.n IS NOT NULL;
-    END IF;
-    PERFORM pg_notify('{CHANNEL}', p_origin);
-END
-$fn$;
-""",
+    # 3: see _MIGRATION_3.
+    _MIGRATION_3,
     # 4: pruning goes by seq (the primary key), so the index on created only cost inserts.
     """
 DROP INDEX IF EXISTS idx_pubsub_messages_created;
 """,
+    # 5: _pubsub_store_batch notifies unless the session set NOTIFY_SETTING to 'off'
+    # (nodes of earlier versions never set it, and so always notify).
+    _MIGRATION_3.replace(_NOTIFY_ALWAYS, _NOTIFY_UNLESS_OFF),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -362,19 +395,24 @@ class PostgresStore(Store):
         self._writer: asyncpg.Connection[Any] | None = None
         self._writer_retry_at = 0.0
         self._writer_delay = RECONNECT_MIN
+        self._writer_notifies: bool | None = None  # NOTIFY_SETTING of the append connection
+        self._node_id: str | None = None  # set by feed(): this node follows the others
+        self._others_listen = True  # whether another node's feed listens (unknown: yes)
+        self._listeners_looked_at = -LISTENERS_CHECK_INTERVAL
+        self._listeners_look: asyncio.Task[None] | None = None
         self._closed = False
         self.accounts = PostgresAccounts(self)
 
     # ------------------------------------------------------------------ connections
 
-    async def connect(self) -> asyncpg.Connection[Any]:
+    async def connect(self, *, application_name: str = "bosbase-pubsub") -> asyncpg.Connection[Any]:
         """A new connection of its own (the caller closes it). Raises ``StoreError``."""
         with translate_errors("connect"):
             return await asyncpg.connect(
                 self.url,
                 timeout=CONNECT_TIMEOUT,
                 command_timeout=QUERY_TIMEOUT,
-                server_settings={"application_name": "bosbase-pubsub"},
+                server_settings={"application_name": application_name},
             )
 
     @property
@@ -444,6 +482,9 @@ class PostgresStore(Store):
         if self._closed:
             return
         self._closed = True
+        look, self._listeners_look = self._listeners_look, None
+        if look is not None:
+            look.cancel()
         writer, self._writer = self._writer, None
         if writer is not None:
             with contextlib.suppress(*_TRANSLATED):
@@ -480,6 +521,7 @@ class PostgresStore(Store):
             writer.terminate()
             raise StoreError("the store is closed")
         self._writer = writer
+        self._writer_notifies = None
         return writer
 
     def _drop_writer(self, writer: asyncpg.Connection[Any]) -> None:
@@ -500,8 +542,16 @@ class PostgresStore(Store):
         payloads = orjson.dumps([orjson.Fragment(m.data) for m in messages]).decode()
         origin = messages[0].origin if messages else ""
         writer = await self._writer_connection()
+        notify = self._notify_wanted()
         try:
             with translate_errors("append"):
+                if notify is not self._writer_notifies:
+                    await writer.execute(
+                        "SELECT set_config($1, $2, false)",
+                        NOTIFY_SETTING,
+                        "on" if notify else "off",
+                    )
+                    self._writer_notifies = notify
                 row = await writer.fetchrow(_APPEND, origin, rows, payloads, keyed)
         except StoreError as error:
             if error.__cause__ is not None and _connection_is_broken(writer, error.__cause__):
@@ -557,7 +607,47 @@ class PostgresStore(Store):
     def feed(self, *, skip_origin: str) -> Feed:
         from .postgres_feed import PostgresFeed
 
-        return PostgresFeed(self.connect, skip_origin=skip_origin)
+        self._node_id = skip_origin
+        name = f"{FEED_APPLICATION} {skip_origin}"
+        return PostgresFeed(lambda: self.connect(application_name=name), skip_origin=skip_origin)
+
+    # ------------------------------------------------------------------ notifications
+
+    def _notify_wanted(self) -> bool:
+        """Whether this node's next append should notify: while another node's feed listens.
+
+        A notification nobody else hears still costs PostgreSQL a signal to, and a
+        wake-up of, this node's own feed connection (and this node the reading of
+        it), about as much as the rest of a one-message append. Unknown means yes.
+        """
+        if self._node_id is None:  # not following (no node id known): keep notifying
+            return True
+        now = time.monotonic()
+        if self._listeners_look is None and now >= (
+            self._listeners_looked_at + LISTENERS_CHECK_INTERVAL
+        ):
+            self._listeners_looked_at = now
+            self._listeners_look = asyncio.get_running_loop().create_task(
+                self._look_for_listeners()
+            )
+        return self._others_listen
+
+    async def _look_for_listeners(self) -> None:
+        try:
+            with translate_errors("listeners"):
+                self._others_listen = bool(
+                    await self.pool.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity"
+                        " WHERE datname = current_database()"
+                        " AND starts_with(application_name, $1) AND application_name <> $2)",
+                        f"{FEED_APPLICATION} ",
+                        f"{FEED_APPLICATION} {self._node_id}",
+                    )
+                )
+        except StoreError:
+            self._others_listen = True
+        finally:
+            self._listeners_look = None
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:

@@ -17,7 +17,9 @@ Invariants:
   ignored. A notification may wake the feed for rows it already read (it
   then finds none), and a missed one costs at most ``poll_interval``: the
   feed reads the table at least that often anyway (the fallback poll, which
-  also proves the connection alive).
+  also proves the connection alive). A node notifies only while it sees
+  another node's feed connection (see ``postgres``): one that just started
+  relies on its fallback poll for at most a second or so.
 * LISTEN is issued before the starting position is read (when opening) and
   before catching up (when reconnecting), so a row committed in between is
   either read or notified.
