@@ -284,6 +284,19 @@ async def sign_in(base_url: str, collection: str, email: str, password: str) -> 
         return body
 
 
+async def scrape_metrics(base_url: str) -> dict[str, float]:
+    """``GET /metrics``, parsed: each sample's name (with its labels) and value."""
+    async with aiohttp.ClientSession() as session, session.get(base_url + "/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        values = {}
+        for line in (await response.text()).splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+
 def _numbered(sql: str) -> str:
     """SQLite's ``?`` placeholders as PostgreSQL's ``$1, $2...``."""
     numbers = itertools.count(1)

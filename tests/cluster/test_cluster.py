@@ -20,7 +20,7 @@ import pytest
 
 from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, make_superuser
 from ..postgres import PgServer, ThrowawayCluster, find_bin_dir
-from ..servers import ServerProcess, WsClient, sign_in
+from ..servers import ServerProcess, WsClient, scrape_metrics, sign_in
 
 TOPIC = "cluster"
 
@@ -379,4 +379,27 @@ async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
         assert seen[-1] not in on_b.ids()
         await on_b.client.close()
     finally:
+        await publisher.close()
+
+
+async def test_metrics_show_what_a_node_received_from_the_others(
+    start_server: StartServer, cluster_db: str
+) -> None:
+    a, b = start_server(db_url=cluster_db), start_server(db_url=cluster_db)
+    token = (await sign_in(a.url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))["token"]
+    publisher = await WsClient.connect(a.ws_url, token=token)
+    on_b = await Subscriber.on(b)
+    try:
+        await publish_numbered(publisher, "p", 20)
+        await on_b.wait_for(20)
+        last = int(on_b.received[-1]["position"].rsplit(":", 1)[1])
+        on_b_metrics, on_a_metrics = await scrape_metrics(b.url), await scrape_metrics(a.url)
+        assert on_b_metrics["pubsub_cluster_messages_received_total"] == 20
+        assert on_b_metrics["pubsub_cluster_feed_position"] >= last
+        assert on_b_metrics["pubsub_position"] >= last
+        assert on_b_metrics["pubsub_cluster_feed_degraded"] == 0
+        assert on_a_metrics["pubsub_cluster_messages_received_total"] == 0  # its own
+        assert on_a_metrics["pubsub_position"] >= last
+    finally:
+        await on_b.client.close()
         await publisher.close()

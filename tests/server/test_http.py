@@ -11,7 +11,7 @@ import pytest
 from bosbase_pubsub import protocol
 
 from ..conftest import BOTH_BACKENDS
-from ..servers import ServerProcess, WsClient
+from ..servers import ServerProcess, WsClient, scrape_metrics
 
 pytestmark = BOTH_BACKENDS
 
@@ -92,21 +92,10 @@ async def test_health(shared_server: ServerProcess) -> None:
 
 
 async def test_metrics_count_connections_messages_and_deliveries(
-    shared_server: ServerProcess, superuser_token: str
+    shared_server: ServerProcess, superuser_token: str, backend: str
 ) -> None:
     async def scrape() -> dict[str, float]:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(shared_server.url + "/metrics") as response,
-        ):
-            assert response.status == 200
-            assert response.content_type == "text/plain"
-            values = {}
-            for line in (await response.text()).splitlines():
-                if line and not line.startswith("#"):
-                    name, value = line.rsplit(" ", 1)
-                    values[name] = float(value)
-            return values
+        return await scrape_metrics(shared_server.url)
 
     before = await scrape()
     subscriber = await WsClient.connect(shared_server.ws_url)
@@ -114,10 +103,17 @@ async def test_metrics_count_connections_messages_and_deliveries(
     try:
         await subscriber.subscribe("metered")
         await publisher.subscribe("metered")
-        await publisher.publish("metered", 1)
+        ack = await publisher.publish("metered", 1)
         await subscriber.next_message()
         await publisher.next_message()
         during = await scrape()
+        # The position of the message just delivered, or a later one's.
+        assert during["pubsub_position"] >= int(ack["position"].rsplit(":", 1)[1])
+        if backend == "postgres":  # a store nodes may share: the feed's figures too
+            assert during["pubsub_cluster_feed_degraded"] == 0
+            assert during["pubsub_cluster_messages_received_total"] == 0  # no other node
+        else:
+            assert "pubsub_cluster_feed_position" not in during
         assert during["pubsub_connections"] >= before["pubsub_connections"] + 2
         assert during["pubsub_subscriptions"] >= before["pubsub_subscriptions"] + 2
         assert during["pubsub_topics"] >= 1

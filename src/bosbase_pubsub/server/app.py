@@ -28,7 +28,7 @@ from .cors import cors_middleware
 from .errors import api_error, json_response
 from .hub import Hub
 from .ids import new_id, now_created
-from .metrics import Metrics
+from .metrics import FeedGauges, Metrics
 from .retention import run_retention
 from .storage import Message, Store, StoreError, open_store
 from .websocket import PubSubEndpoint
@@ -162,7 +162,18 @@ async def health(request: web.Request) -> web.Response:
 
 async def metrics_route(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    text = node.metrics.render(topics=node.hub.topic_count, degraded=node.commits.degraded)
+    follower = node.follower
+    feed = (
+        None
+        if follower is None
+        else FeedGauges(follower.received, follower.position, follower.degraded)
+    )
+    text = node.metrics.render(
+        topics=node.hub.topic_count,
+        degraded=node.commits.degraded,
+        position=node.hub.position,
+        feed=feed,
+    )
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

@@ -7,9 +7,21 @@ rendered only when scraped.
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
 # Upper bounds, in seconds, of the commit latency histogram's buckets.
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True)
+class FeedGauges:
+    """The cross-node feed's figures at scrape time (nodes sharing a store only)."""
+
+    received: int
+    """Messages stored by other nodes and delivered on this one."""
+    position: int
+    """The highest ``seq`` read from the shared table."""
+    degraded: bool
 
 
 class Metrics:
@@ -34,8 +46,10 @@ class Metrics:
         self.commit_seconds_sum += seconds
         self.commit_bucket_counts[bisect.bisect_left(COMMIT_BUCKETS, seconds)] += 1
 
-    def render(self, *, topics: int, degraded: bool) -> str:
-        """The exposition text; ``topics`` and ``degraded`` are read at scrape time."""
+    def render(
+        self, *, topics: int, degraded: bool, position: int, feed: FeedGauges | None = None
+    ) -> str:
+        """The exposition text; the keyword arguments are read at scrape time."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, value: float) -> None:
@@ -77,6 +91,31 @@ class Metrics:
             self.pruned,
         )
         metric("pubsub_store_degraded", "gauge", "1 while the store is failing.", int(degraded))
+        metric(
+            "pubsub_position",
+            "gauge",
+            "The seq of the last message delivered on this node (every earlier one was).",
+            position,
+        )
+        if feed is not None:
+            metric(
+                "pubsub_cluster_messages_received_total",
+                "counter",
+                "Messages stored by other nodes and delivered on this one.",
+                feed.received,
+            )
+            metric(
+                "pubsub_cluster_feed_position",
+                "gauge",
+                "The highest seq this node has read from the shared table.",
+                feed.position,
+            )
+            metric(
+                "pubsub_cluster_feed_degraded",
+                "gauge",
+                "1 while the feed of other nodes' messages is failing.",
+                int(feed.degraded),
+            )
 
         name = "pubsub_store_commit_seconds"
         lines.append(f"# HELP {name} Time to commit one batch of published messages.")
