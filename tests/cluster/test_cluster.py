@@ -352,12 +352,18 @@ async def test_postgresql_restarting_mid_stream(
             node.stop()
 
 
+async def two_nodes_and_a_publisher_on_the_first(
+    start_server: StartServer, cluster_db: str
+) -> tuple[ServerProcess, ServerProcess, WsClient]:
+    a, b = start_server(db_url=cluster_db), start_server(db_url=cluster_db)
+    token = (await sign_in(a.url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))["token"]
+    return a, b, await WsClient.connect(a.ws_url, token=token)
+
+
 async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
     start_server: StartServer, cluster_db: str
 ) -> None:
-    a, b = start_server(db_url=cluster_db), start_server(db_url=cluster_db)
-    token = (await sign_in(a.url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))["token"]
-    publisher = await WsClient.connect(a.ws_url, token=token)
+    a, b, publisher = await two_nodes_and_a_publisher_on_the_first(start_server, cluster_db)
     on_a = await Subscriber.on(a)
     try:
         seen = await publish_numbered(publisher, "p", 20)
@@ -385,9 +391,7 @@ async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
 async def test_metrics_show_what_a_node_received_from_the_others(
     start_server: StartServer, cluster_db: str
 ) -> None:
-    a, b = start_server(db_url=cluster_db), start_server(db_url=cluster_db)
-    token = (await sign_in(a.url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))["token"]
-    publisher = await WsClient.connect(a.ws_url, token=token)
+    a, b, publisher = await two_nodes_and_a_publisher_on_the_first(start_server, cluster_db)
     on_b = await Subscriber.on(b)
     try:
         await publish_numbered(publisher, "p", 20)
