@@ -355,17 +355,6 @@ class Subscriber:
             (self.same_ms if origin == self.node else self.cross_ms).append(latency)
 
 
-async def connect(
-    session: aiohttp.ClientSession, server: Server, token: str | None = None
-) -> aiohttp.ClientWebSocketResponse[bool]:
-    """A bosbase client connection (with ``token``: one that may publish)."""
-    return await ENVELOPES.connect(session, server, token)
-
-
-async def subscribe(ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
-    await ENVELOPES.subscribe(ws)
-
-
 @dataclass
 class Publisher:
     node: int
@@ -479,8 +468,8 @@ async def run_path(
         async with aiohttp.ClientSession() as session:
             subs = []
             for index, server in enumerate(servers):
-                ws = await connect(session, server)
-                await subscribe(ws)
+                ws = await ENVELOPES.connect(session, server)
+                await ENVELOPES.subscribe(ws)
                 # Node index -1 for the writer: every delivery here is cross-node.
                 subs.append(Subscriber(index, ws))
             tasks = [asyncio.create_task(s.read()) for s in subs]
@@ -578,8 +567,8 @@ async def run_xnode(servers: Sequence[Server], args: argparse.Namespace) -> Json
     async with aiohttp.ClientSession() as session:
         subs = []
         for server in servers[1:]:
-            ws = await connect(session, server)
-            await subscribe(ws)
+            ws = await ENVELOPES.connect(session, server)
+            await ENVELOPES.subscribe(ws)
             subs.append(LoadgenSubscriber(ws))
         tasks = [asyncio.create_task(s.read()) for s in subs]
         try:

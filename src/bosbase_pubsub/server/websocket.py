@@ -99,8 +99,8 @@ class PubSubEndpoint:
         self.node_id = node_id
         self.heartbeat = heartbeat
         self._per_address: Counter[str] = Counter()
-        self._sockets: set[web.WebSocketResponse] = set()
-        self._connections: set[Connection] = set()
+        self._connections: dict[Connection, web.WebSocketResponse] = {}
+        """Every connection being served, with its socket."""
         self._heartbeats: asyncio.Task[None] | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -131,21 +131,19 @@ class PubSubEndpoint:
             return ws
 
         self._per_address[peer] += 1
-        self._sockets.add(ws)
         self.metrics.connections += 1
         connection = Connection(self, Subscriber(new_id(), transport, peer), identity)
-        self._connections.add(connection)
+        self._connections[connection] = ws
         if self._heartbeats is None and self.heartbeat > 0:
             self._heartbeats = asyncio.get_running_loop().create_task(self._beat())
         try:
             await connection.serve(ws)
         finally:
-            self._connections.discard(connection)
+            del self._connections[connection]
             connection.stop_replays()
             self.hub.unsubscribe(connection.subscriber)
             connection.subscriber.closed = True
             self.metrics.connections -= 1
-            self._sockets.discard(ws)
             self._per_address[peer] -= 1
             if not self._per_address[peer]:
                 del self._per_address[peer]
@@ -177,7 +175,7 @@ class PubSubEndpoint:
         heartbeats, self._heartbeats = self._heartbeats, None
         if heartbeats is not None:
             heartbeats.cancel()
-        sockets = list(self._sockets)
+        sockets = list(self._connections.values())
         await asyncio.gather(
             *(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for ws in sockets),
             return_exceptions=True,
