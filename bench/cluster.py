@@ -20,6 +20,12 @@ path      the cross-node path alone: this process stores rows as another node wo
           same ``_pubsub_store_batch``: lock, multi-row insert, notify; ``--path-batch`` rows per
           transaction) at each of ``--path-rates`` msg/s for ``--path-step`` s; one
           subscriber per node counts what its node delivers and when.
+commit    the commit path alone (``bench.commit``: the node's commit queue and store in one
+          process, no WebSocket), pinned like the publish phase's node: ``--concurrency``
+          in-process publishers each wait for their commit before the next, with group
+          commit and with every publish committed alone (``--max-batch 1``), on PostgreSQL;
+          and with group commit on SQLite. It splits a publish's cost between the store
+          and the WebSocket server.
 publish   acked publishes/s with 1 and 64 concurrent publishers on one node (the C load
           generator of ``bench.publish``), on PostgreSQL and on SQLite. Right after the
           PostgreSQL row, on a fresh database and the same ``--server-cpu``, the same load
@@ -74,6 +80,7 @@ from .common import (
     managed,
     print_table,
     ratio,
+    taskset_prefix,
     write_result,
 )
 from .publish import run_acked
@@ -637,7 +644,54 @@ def run_publish_reference(db_url: str, workdir: Path, args: argparse.Namespace) 
         return measure_publish(server, args)
 
 
+# --------------------------------------------------------------------------- commit
+
+
+COMMIT_RUNS: tuple[tuple[str, str, list[str]], ...] = (
+    ("postgres", "group commit", []),
+    ("postgres", "each alone", ["--max-batch", "1"]),
+    ("sqlite", "group commit", []),
+)
+
+
+def run_commit_path(db_url: str | None, extra: list[str], args: argparse.Namespace) -> Json:
+    """``bench.commit`` in a process of its own, on ``--server-cpu``, per publisher count."""
+    out: Json = {}
+    for conc in args.concurrency:
+        cmd = [
+            *taskset_prefix(args.server_cpu or None),
+            sys.executable,
+            "-m",
+            "bench.commit",
+            "--concurrency",
+            str(conc),
+            "--duration",
+            str(args.publish_duration),
+            "--warmup",
+            str(args.warmup),
+            "--payload",
+            str(args.payload),
+            *(["--db", db_url] if db_url else []),
+            *extra,
+        ]
+        res = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=args.publish_duration + args.warmup + 120,
+            check=False,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        if res.returncode != 0:
+            raise BenchError(f"bench.commit failed: {res.stderr[-2000:]}")
+        out[str(conc)] = orjson.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
 # --------------------------------------------------------------------------- main
+
+
+PHASES = ("latency", "path", "xnode", "commit", "publish")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         or DEFAULT_PG,
         help="admin URL of the PostgreSQL server to create the benchmark databases on",
     )
-    p.add_argument("--phases", default="latency,path,xnode,publish", help="comma list")
+    p.add_argument("--phases", default="latency,path,xnode,commit,publish", help="comma list")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--rate", default="1000", help="comma list of msg/s for the latency phase")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per latency run")
@@ -664,7 +718,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--path-rates", default="5000,10000,20000,40000", help="msg/s steps")
     p.add_argument("--path-step", type=float, default=5.0, help="seconds per path step")
     p.add_argument("--path-batch", type=int, default=200, help="rows per stored transaction")
-    p.add_argument("--concurrency", default="1,64", help="publishers for the publish phase")
+    p.add_argument(
+        "--concurrency", default="1,64", help="publishers for the commit and publish phases"
+    )
     p.add_argument("--publish-duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument(
@@ -674,7 +730,11 @@ def main(argv: list[str] | None = None) -> int:
         help="publish phase: also run the issue's reference design (asyncpg group commit)",
     )
     p.add_argument("--payload", type=int, default=64)
-    p.add_argument("--server-cpu", default="0", help="taskset CPUs of the publish-phase node")
+    p.add_argument(
+        "--server-cpu",
+        default="0",
+        help="taskset CPUs of the publish-phase node and of the commit phase",
+    )
     p.add_argument("--loadgen-cpu", default="1", help="taskset CPUs of the C load generator")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -682,8 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     args.path_rates = [float(x) for x in str(args.path_rates).split(",") if x.strip()]
     args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
     phases = {x.strip() for x in args.phases.split(",") if x.strip()}
-    if not phases <= {"latency", "path", "xnode", "publish"}:
-        p.error("--phases: latency, path, xnode, publish")
+    if not phases <= set(PHASES):
+        p.error(f"--phases: {', '.join(PHASES)}")
     if not (
         1 <= args.nodes <= 8
         and all(0 < r <= 50_000 for r in args.rate)
@@ -797,6 +857,18 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
             with nodes(args.nodes, db_url, workdir) as servers:
                 results["xnode"] = await run_xnode(servers, args)
         print(f"    {results['xnode']}", file=sys.stderr)
+    if "commit" in phases:
+        results["commit"] = {}
+        for store, mode, extra in COMMIT_RUNS:
+            label = f"{store}, {mode}"
+            print(f"[commit] {label}", file=sys.stderr)
+            async with contextlib.AsyncExitStack() as stack:
+                commit_db: str | None = None
+                if store == "postgres":
+                    commit_db = await stack.enter_async_context(fresh_database(admin))
+                result = await asyncio.to_thread(run_commit_path, commit_db, extra, args)
+            results["commit"][label] = result
+            print(f"    {result}", file=sys.stderr)
     if "publish" in phases:
         results["publish"] = {}
         reference_row = [PUBLISH_REFERENCE] if args.publish_reference else []
@@ -924,6 +996,40 @@ def report(args: argparse.Namespace, results: Json) -> None:
                     fmt(x["errors"]),
                 ]
             ],
+        )
+    if "commit" in results:
+        print(
+            "\nThe commit path alone (bench.commit: commit queue and store in one process,"
+            " no WebSocket, closed loop)"
+        )
+        alone = results["commit"].get("postgres, each alone", {})
+        rows = []
+        for label, by_conc in results["commit"].items():
+            for conc, r in by_conc.items():
+                rows.append(
+                    [
+                        label,
+                        conc,
+                        fmt(r["appends_per_s"]),
+                        ratio(r["appends_per_s"], alone.get(conc, {}).get("appends_per_s"))
+                        if label == "postgres, group commit"
+                        else "-",
+                        fmt(r["us_per_append"], ".1f"),
+                        fmt(r["util"] * 100, ".0f"),
+                        fmt(r["errors"]),
+                    ]
+                )
+        print_table(
+            [
+                "store, commits",
+                "publishers",
+                "appends/s",
+                "vs alone",
+                "us/append",
+                "CPU%",
+                "errors",
+            ],
+            rows,
         )
     if "publish" in results:
         print("\nAcked publishes on one node (C load generator, closed loop)")
