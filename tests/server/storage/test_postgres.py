@@ -10,7 +10,12 @@ import asyncpg
 import pytest
 
 from bosbase_pubsub.server.storage import Feed, Message, StoreError
-from bosbase_pubsub.server.storage.postgres import CHANNEL, SCHEMA_VERSION, PostgresStore
+from bosbase_pubsub.server.storage.postgres import (
+    CHANNEL,
+    NOTIFY_SETTING,
+    SCHEMA_VERSION,
+    PostgresStore,
+)
 from bosbase_pubsub.server.storage.postgres_feed import PostgresFeed
 
 from ...postgres import free_port
@@ -203,6 +208,68 @@ async def test_the_feed_returns_the_nodes_own_messages_as_markers(
         assert feed.position == own[-1].seq
     finally:
         await feed.close()
+
+
+async def test_the_feed_reads_at_once_only_after_a_full_batch(
+    pg_database: str, stores: list[PostgresStore]
+) -> None:
+    """A read that returned less than a full batch saw every row committed before it,
+    and a row committed later notifies: the feed then waits for a notification (or its
+    fallback poll) instead of reading again only to find nothing."""
+    a, b = stores
+    reads: list[str] = []
+
+    async def connect() -> asyncpg.Connection:
+        connection = await b.connect()
+        connection.add_query_logger(lambda logged: reads.append(logged.query))
+        return connection
+
+    feed = PostgresFeed(connect, skip_origin="reader", batch=2, poll_interval=30.0)
+    await feed.open()
+    quiet = await asyncpg.connect(pg_database)  # stores rows without notifying
+    await quiet.execute("SELECT set_config($1, 'off', false)", NOTIFY_SETTING)
+    try:
+        unannounced = [message(origin="x") for _ in range(3)]
+        for m in unannounced:
+            await quiet.execute(
+                "SELECT _pubsub_store_batch($1, $2, $3, false)",
+                m.origin,
+                f'[{{"i": "{m.id}", "t": "{m.topic}", "c": "{m.created}"}}]',
+                f"[{m.data.decode()}]",
+            )
+        reads.clear()
+        assert ids(await asyncio.wait_for(feed.next_batch(), 5)) == ids(unannounced[:2])
+        # That batch was full: the rest is read at once, unannounced as it is.
+        assert ids(await asyncio.wait_for(feed.next_batch(), 5)) == ids(unannounced[2:])
+        assert len(reads) == 2
+        waiting = asyncio.create_task(feed.next_batch())
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert len(reads) == 2, "read again without news"
+        announced = await a.append([message(origin="a")])  # this store always notifies
+        assert await asyncio.wait_for(waiting, 5) == announced
+        assert len(reads) == 3
+    finally:
+        await quiet.close()
+        await feed.close()
+
+
+async def test_opening_a_store_stores_nothing_and_wakes_no_one(pg_database: str) -> None:
+    """The append connection is warmed up by an empty append, without notifying."""
+    spy = await Notifications.open(pg_database)
+    store = PostgresStore(pg_database)
+    try:
+        await store.open()
+        await asyncio.sleep(0.1)
+        assert spy.heard == []
+        assert (await store.positions()).newest == 0
+        first = await store.append([message()])
+        assert first[0].seq == 1
+        await asyncio.sleep(0.1)
+        assert spy.heard == ["node-a"]  # a store not following a feed always notifies
+    finally:
+        await store.close()
+        await spy.connection.close()
 
 
 class Notifications:

@@ -17,7 +17,12 @@ Invariants:
   ignored. A notification may wake the feed for rows it already read (it
   then finds none), and a missed one costs at most ``poll_interval``: the
   feed reads the table at least that often anyway (the fallback poll, which
-  also proves the connection alive). A node notifies only while it sees
+  also proves the connection alive).
+* A read that returned fewer rows than its limit saw every row committed
+  before it began (its snapshot); a row committed later notifies after its
+  commit, so after the wake-up is cleared and before the next read. The feed
+  therefore waits for a wake-up (or the fallback poll) before reading again,
+  rather than reading once more to find nothing: that halves the reads. A node notifies only while it sees
   another node's feed connection (see ``postgres``): one that just started
   relies on its fallback poll for at most a second or so.
 * LISTEN is issued before the starting position is read (when opening) and
@@ -78,6 +83,8 @@ class PostgresFeed(Feed):
         self._connection: asyncpg.Connection[Any] | None = None
         self._position: int | None = None
         self._wake = asyncio.Event()
+        self._read_at_once = True
+        """Whether rows may be waiting unread: after opening, a full batch, or a failure."""
         self._closed = False
 
     @property
@@ -101,19 +108,17 @@ class PostgresFeed(Feed):
         """
         if self._position is None:
             raise StoreError("the feed is not open")
+        if not self._read_at_once:
+            # The last read saw everything committed before it: wait for news.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            if self._closed:
+                raise StoreError("the feed is closed")
         connection = await self._connection_or_reconnect()
         # Cleared before reading: a notification that arrives during the read
         # sets it again, and the next call reads at once.
         self._wake.clear()
-        batch = await self._read(connection)
-        if batch:
-            return batch
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._poll_interval)
-        if self._closed:
-            raise StoreError("the feed is closed")
-        connection = await self._connection_or_reconnect()
-        self._wake.clear()
+        self._read_at_once = True  # until this read returns (a failure keeps it)
         return await self._read(connection)
 
     async def close(self) -> None:
@@ -167,6 +172,7 @@ class PostgresFeed(Feed):
                 self._connection = None
             connection.terminate()
             raise
+        self._read_at_once = len(rows) >= self._batch
         if not rows:
             return []
         self._position = int(rows[-1][0])
