@@ -17,14 +17,15 @@ Invariants:
   ignored. A notification may wake the feed for rows it already read (it
   then finds none), and a missed one costs at most ``poll_interval``: the
   feed reads the table at least that often anyway (the fallback poll, which
-  also proves the connection alive).
-* A read that returned fewer rows than its limit saw every row committed
-  before it began (its snapshot); a row committed later notifies after its
-  commit, so after the wake-up is cleared and before the next read. The feed
-  therefore waits for a wake-up (or the fallback poll) before reading again,
-  rather than reading once more to find nothing: that halves the reads. A node notifies only while it sees
+  also proves the connection alive). A node notifies only while it sees
   another node's feed connection (see ``postgres``): one that just started
   relies on its fallback poll for at most a second or so.
+* A read that returned fewer rows than its limit saw every row committed
+  before it began (its snapshot); a row committed later notifies after its
+  commit, so after the wake-up was cleared for that read. The feed therefore
+  waits for a wake-up (or the fallback poll) before reading again, rather
+  than reading once more to find nothing; only after a full batch (or a
+  failure) does it read again at once.
 * LISTEN is issued before the starting position is read (when opening) and
   before catching up (when reconnecting), so a row committed in between is
   either read or notified.
