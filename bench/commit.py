@@ -53,6 +53,7 @@ async def measure(store: Store, args: argparse.Namespace) -> Json:
     loop = asyncio.get_running_loop()
     data = orjson.dumps({"x": "a" * max(0, args.payload - 8)})
     acked = 0
+    stopping = False
     failures: list[str] = []
     deadline = time.monotonic() + args.warmup + args.duration + 60
 
@@ -75,7 +76,6 @@ async def measure(store: Store, args: argparse.Namespace) -> Json:
                 return
             acked += 1
 
-    stopping = False
     publishers = [loop.create_task(publisher()) for _ in range(args.concurrency)]
     await asyncio.sleep(args.warmup)
     acked_before, wall_before, cpu_before = acked, time.perf_counter(), time.process_time()

@@ -115,11 +115,12 @@ class PostgresFeed(Feed):
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval)
             if self._closed:
                 raise StoreError("the feed is closed")
+        # Until a read returns: a failed reconnect or read is retried at once.
+        self._read_at_once = True
         connection = await self._connection_or_reconnect()
         # Cleared before reading: a notification that arrives during the read
         # sets it again, and the next call reads at once.
         self._wake.clear()
-        self._read_at_once = True  # until this read returns (a failure keeps it)
         return await self._read(connection)
 
     async def close(self) -> None:
