@@ -33,6 +33,19 @@ def _size(text: str) -> int:
     raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 4MiB, 512KiB or bytes)")
 
 
+def _frame_size(text: str) -> int:
+    """A frame cap that still lets every publish the contract allows get an answer."""
+    from .protocol import MAX_PAYLOAD_BYTES
+
+    value = _size(text)
+    least = MAX_PAYLOAD_BYTES + 16 * 1024  # the largest allowed data and its envelope
+    if value < least:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {least // 1024}KiB (256 KiB of data and its envelope), got {text}"
+        )
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -44,6 +57,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -132,10 +152,20 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             help="longest topic name, in characters", metavar="N")  # fmt: skip
     _option(parser, "--max-subscriptions", default="1000", type=_positive_int,
             help="topics one connection may subscribe to", metavar="N")  # fmt: skip
-    _option(parser, "--publish-rate", default="1000", type=_positive_float,
-            help="publishes per second allowed per connection", metavar="N")  # fmt: skip
+    _option(parser, "--publish-rate", default="0", type=_non_negative_float,
+            help="opt-in: publishes per second allowed per connection, the rest refused"
+            " (0: no limit; a fast publisher is slowed by backpressure instead)",
+            metavar="N")  # fmt: skip
     _option(parser, "--publish-burst", default="2000", type=_positive_int,
-            help="publishes a connection may make at once above the rate", metavar="N")  # fmt: skip
+            help="with --publish-rate: publishes a connection may make at once above the rate",
+            metavar="N")  # fmt: skip
+    _option(parser, "--max-publishes-in-flight", default="256", type=_positive_int,
+            help="publishes per connection waiting for their commit; at this many the"
+            " socket is not read until one is answered (backpressure)", metavar="N")  # fmt: skip
+    _option(parser, "--max-frame-size", default="1MiB", type=_frame_size,
+            help="largest incoming WebSocket frame, closed with 1009 above it (data over"
+            " 256 KiB in a smaller frame gets 'payload too large' instead)",
+            metavar="SIZE")  # fmt: skip
     _option(parser, "--max-connections-per-address", default="1000", type=_positive_int,
             help="concurrent WebSocket connections per client address", metavar="N")  # fmt: skip
     _option(parser, "--outbound-buffer", default="4MiB", type=_size,
@@ -276,6 +306,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_subscriptions=args.max_subscriptions,
             publish_rate=args.publish_rate,
             publish_burst=args.publish_burst,
+            max_publishes_in_flight=args.max_publishes_in_flight,
+            max_frame_bytes=args.max_frame_size,
             max_connections_per_address=args.max_connections_per_address,
             outbound_buffer_bytes=args.outbound_buffer,
         ),

@@ -18,13 +18,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from ..conftest import StartServer
-from ..servers import WsClient
+from ..servers import WsClient, query
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "sdk_auth.mjs"
+PUBSUB_SCRIPT = HERE / "sdk_pubsub.mjs"
 NPM_TIMEOUT = 300.0
 SCRIPT_TIMEOUT = 60.0
 
@@ -51,11 +53,11 @@ def node() -> str:
     return executable
 
 
-async def run_script(node: str, *args: str) -> dict[str, Any]:
-    """Run ``sdk_auth.mjs`` to completion (bounded in time); return its JSON output."""
+async def run_script(node: str, *args: str, script: Path = SCRIPT) -> dict[str, Any]:
+    """Run ``script`` to completion (bounded in time); return its JSON output."""
     process = await asyncio.create_subprocess_exec(
         node,
-        str(SCRIPT),
+        str(script),
         *args,
         cwd=HERE,
         stdout=asyncio.subprocess.PIPE,
@@ -67,7 +69,7 @@ async def run_script(node: str, *args: str) -> dict[str, Any]:
         process.kill()
         await process.wait()
         raise
-    assert process.returncode == 0, f"sdk_auth.mjs failed:\n{stderr.decode()}"
+    assert process.returncode == 0, f"{script.name} failed:\n{stderr.decode()}"
     output: dict[str, Any] = json.loads(stdout)
     return output
 
@@ -130,3 +132,30 @@ async def test_sign_up_sign_in_and_refresh_with_the_js_sdk(
     assert duplicate["status"] == 400
     assert duplicate["message"] == "Failed to create record."
     assert duplicate["data"]["data"]["email"]["code"] == "validation_not_unique"
+
+
+async def test_the_sdks_request_pattern_gets_an_error_for_oversized_data_and_no_error_in_bursts(
+    node: str, start_server: StartServer
+) -> None:
+    """``sdk_pubsub.mjs`` drives the socket as the official SDKs' PubSubService does."""
+    server = start_server()
+    email, password = "burst@example.com", "burst-password"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{server.url}/api/collections/users/records",
+            json={"email": email, "password": password, "passwordConfirm": password},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+    burst = 5000
+    out = await run_script(node, server.url, email, password, str(burst), script=PUBSUB_SCRIPT)
+
+    # The one oversized publish is rejected with the contract's message...
+    assert out["oversized"] == {"rejected": True, "message": "payload too large"}
+    # ... and the connection goes on: the next publish and the whole burst are acked, in order.
+    assert out["after"]["topic"] == "js-burst"
+    assert out["burst"] == {"acked": burst, "errors": 0, "inOrder": True, "firstError": None}
+    assert out["received"] == [{"after": "oversized"}, *range(burst)]
+    (stored,) = (await query(server, "SELECT count(*) FROM _pubsub_messages"))[0]
+    assert stored == burst + 1

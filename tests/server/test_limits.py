@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from typing import Any
 
 import aiohttp
 import pytest
 import websockets.sync.client
 
 from ..conftest import BOTH_BACKENDS, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
-from ..servers import WsClient, query
+from ..servers import WsClient, cli, query
 
 
 async def test_topic_length_limit(start_server: StartServer) -> None:
@@ -94,8 +96,43 @@ async def test_connections_per_address_limit(start_server: StartServer) -> None:
         await first.close()
 
 
-async def test_oversized_frame_closes_that_connection_with_1009(start_server: StartServer) -> None:
+@BOTH_BACKENDS
+async def test_data_over_the_contract_limit_is_refused_and_the_connection_stays(
+    start_server: StartServer,
+) -> None:
     server = start_server()
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    subscriber = await WsClient.connect(server.ws_url)
+    publisher = await WsClient.connect(server.ws_url, token=token)
+    try:
+        await subscriber.subscribe("big")
+        # 300 KiB of data: over the contract's 256 KiB, under the 1 MiB frame cap.
+        reply = await publisher.publish("big", "x" * (300 * 1024))
+        assert reply["type"] == "error"
+        assert reply["message"] == "payload too large"
+        # The same connection goes on: the next publish is stored and delivered.
+        ack = await publisher.publish("big", "small")
+        assert ack["type"] == "published"
+        message = await subscriber.next_message()
+        assert (message["id"], message["data"]) == (ack["id"], "small")
+        # Data at the limit itself is a valid publish.
+        at_limit = "y" * (256 * 1024 - 2)  # the two quotes count: raw data is 256 KiB
+        assert (await publisher.publish("big", at_limit))["type"] == "published"
+        assert (await subscriber.next_message())["data"] == at_limit
+        assert not publisher.closed.is_set()
+        assert [row[0] for row in await query(server, "SELECT topic FROM _pubsub_messages")] == [
+            "big",
+            "big",
+        ]
+    finally:
+        await subscriber.close()
+        await publisher.close()
+
+
+async def test_a_frame_over_the_frame_cap_closes_that_connection_with_1009(
+    start_server: StartServer,
+) -> None:
+    server = start_server("--max-frame-size", "300KiB")
     token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
     bystander = await WsClient.connect(server.ws_url)
     try:
@@ -118,6 +155,72 @@ async def test_oversized_frame_closes_that_connection_with_1009(start_server: St
         await publisher.close()
     finally:
         await bystander.close()
+
+
+def test_a_frame_cap_below_the_contract_limit_is_refused_at_start() -> None:
+    result = cli("serve", "--max-frame-size", "100KiB")
+    assert result.returncode == 2
+    assert "--max-frame-size: must be at least 272KiB" in result.stderr
+
+
+BURST = 5000
+
+
+@BOTH_BACKENDS
+async def test_a_burst_of_publishes_is_slowed_not_refused(start_server: StartServer) -> None:
+    """5,000 publishes sent back to back on one socket: every one acked, in order.
+
+    Meanwhile a second publisher on the same node is answered in its turn,
+    behind at most the burst's publishes in flight, not behind the whole burst.
+    """
+    server = start_server()  # the defaults: no rate limit, 256 publishes in flight
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    burster = await WsClient.connect(server.ws_url, token=token)
+    other = await WsClient.connect(server.ws_url, token=token)
+    subscriber = await WsClient.connect(server.ws_url)
+    try:
+        await subscriber.subscribe("burst")
+        acks: list[str] = []  # request ids, in the order their replies arrive
+        futures = []
+        loop = asyncio.get_running_loop()
+        for n in range(BURST):
+            request_id = f"b{n}"
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            future.add_done_callback(lambda _, rid=request_id: acks.append(rid))
+            burster.replies[request_id] = future
+            futures.append(future)
+        frames = [
+            json.dumps({"type": "publish", "topic": "burst", "data": n, "requestId": f"b{n}"})
+            for n in range(BURST)
+        ]
+        sending = loop.create_task(_send_all(burster, frames))
+        await asyncio.sleep(0)  # the burst is on its way before the other publisher starts
+        await asyncio.wait_for(futures[0], 30)
+        other_ack = await other.publish("burst", "other")
+        burst_acked_before_other = len(acks)
+        replies = await asyncio.wait_for(asyncio.gather(*futures), 60)
+        await sending
+
+        assert [reply["type"] for reply in replies] == ["published"] * BURST
+        assert acks == [f"b{n}" for n in range(BURST)]  # answered in the order sent
+        positions = [int(reply["position"].rsplit(":", 1)[-1]) for reply in replies]
+        assert positions == sorted(positions)
+        assert other_ack["type"] == "published"
+        # The other publisher waited for the burst's publishes in flight, not for all of it.
+        assert burst_acked_before_other < BURST
+        delivered = [(await subscriber.next_message())["data"] for _ in range(BURST + 1)]
+        assert [d for d in delivered if d != "other"] == list(range(BURST))
+        (count,) = (await query(server, "SELECT count(*) FROM _pubsub_messages"))[0]
+        assert count == BURST + 1
+    finally:
+        await burster.close()
+        await other.close()
+        await subscriber.close()
+
+
+async def _send_all(client: WsClient, frames: list[str]) -> None:
+    for frame in frames:
+        await client.ws.send_str(frame)
 
 
 async def test_an_expired_token_stops_publishing_on_a_live_connection(

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..protocol import MAX_PAYLOAD_BYTES
-
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -23,14 +21,21 @@ class Limits:
     """Longest topic name, in characters."""
     max_subscriptions: int = 1000
     """Topics one connection may subscribe to at once."""
-    publish_rate: float = 1000.0
-    """Sustained publishes per second per connection (a token bucket)."""
+    publish_rate: float = 0.0
+    """Sustained publishes per second per connection (a token bucket); 0 means no
+    rate limit (the default: a connection that publishes faster than the store
+    commits is slowed by ``max_publishes_in_flight`` instead, never refused)."""
     publish_burst: int = 2000
     """Publishes a connection may make at once before the rate applies."""
+    max_publishes_in_flight: int = 256
+    """Publishes of one connection waiting for their commit; at this many the
+    server stops reading that socket until one is answered (backpressure)."""
     max_connections_per_address: int = 1000
     """Concurrent WebSocket connections from one client address."""
-    max_frame_bytes: int = MAX_PAYLOAD_BYTES + 16 * 1024
-    """Largest incoming WebSocket message; above it the connection is closed with 1009."""
+    max_frame_bytes: int = 1024 * 1024
+    """Largest incoming WebSocket message; above it the connection is closed with 1009.
+    Frames under it whose ``data`` is over the contract's 256 KiB get the
+    ``payload too large`` error and the connection stays open."""
     outbound_buffer_bytes: int = 4 * 1024 * 1024
     """Bytes queued for a subscriber that is not reading; past it, it is closed (slow consumer)."""
 

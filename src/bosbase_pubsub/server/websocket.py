@@ -5,6 +5,13 @@ is still enforced on every publish. Requests are parsed by the pure
 ``protocol`` module; this module applies the node's limits, talks to the hub
 and the commit queue, and writes replies.
 
+Backpressure, not refusal: a connection has at most
+``Limits.max_publishes_in_flight`` publishes waiting for their commit. At that
+many, its read loop stops reading the socket until one of them is answered, so
+the kernel's buffers fill and TCP slows the client down; every publish is
+answered, in the order sent. (A per-connection rate limit that refuses is an
+opt-in, ``Limits.publish_rate``.)
+
 Heartbeats are the endpoint's, not aiohttp's (which re-arms a timer for
 every frame received, a cost on every publish): every half ``heartbeat`` one
 task looks at every connection; one that sent nothing since the last look
@@ -185,7 +192,17 @@ class PubSubEndpoint:
 class Connection:
     """One client's session: its subscriptions, identity and publish budget."""
 
-    __slots__ = ("bucket", "endpoint", "heard", "identity", "pinged", "replays", "subscriber")
+    __slots__ = (
+        "bucket",
+        "endpoint",
+        "heard",
+        "identity",
+        "in_flight",
+        "pinged",
+        "reading_paused",
+        "replays",
+        "subscriber",
+    )
 
     def __init__(
         self, endpoint: PubSubEndpoint, subscriber: Subscriber, identity: Identity | None
@@ -194,7 +211,15 @@ class Connection:
         self.subscriber = subscriber
         self.identity = identity
         limits = endpoint.limits
-        self.bucket = PublishBucket(limits.publish_rate, limits.publish_burst)
+        self.bucket = (
+            PublishBucket(limits.publish_rate, limits.publish_burst)
+            if limits.publish_rate > 0
+            else None
+        )
+        self.in_flight = 0
+        """Publishes sent to the commit queue and not answered yet."""
+        self.reading_paused: asyncio.Future[None] | None = None
+        """Set while the read loop waits for ``in_flight`` to drop below the limit."""
         self.replays: dict[str, asyncio.Task[None]] = {}
         """Subscriptions catching up from the store, by topic."""
         self.heard = True
@@ -213,7 +238,12 @@ class Connection:
         self.subscriber.send(
             protocol.ready_frame(self.subscriber.client_id, self.endpoint.hub.position_text())
         )
+        max_in_flight = self.endpoint.limits.max_publishes_in_flight
         while True:
+            if self.in_flight >= max_in_flight:
+                # Backpressure (see the module): read again once a publish is answered.
+                self.reading_paused = asyncio.get_running_loop().create_future()
+                await self.reading_paused
             msg = await ws.receive()
             self.heard = True
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
@@ -311,7 +341,7 @@ class Connection:
         if len(request.topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request_id, err_topic_too_long(limits)))
             return
-        if not self.bucket.take():
+        if self.bucket is not None and not self.bucket.take():
             self.reply(protocol.error_frame(request_id, err_rate_limited(limits)))
             return
         message = Message(
@@ -338,5 +368,11 @@ class Connection:
             else:
                 frame = protocol.error_frame(request_id, protocol.ERR_PUBLISH_FAILED)
             subscriber.send(frame)
+            self.in_flight -= 1
+            paused = self.reading_paused
+            if paused is not None and not paused.done():
+                self.reading_paused = None
+                paused.set_result(None)
 
+        self.in_flight += 1
         endpoint.commits.submit(message, on_stored)
