@@ -42,7 +42,7 @@ Rules it keeps:
   or the topic is left, the connection drops, or the deadline passes. When
   ``publish`` returns, the publisher's own handlers already have the message.
 * **Resume positions** (``docs/reference/resume.md``): each topic keeps
-  ``_Topic.position``, the position of the last message delivered on it, or,
+  ``Topic.position``, the position of the last message delivered on it, or,
   before any, the one the ``subscribed`` ack names (where live delivery
   began). Every subscribe frame is built when it is written, and carries
   ``since`` = that position, so a re-subscribe replays exactly what was
@@ -50,7 +50,7 @@ Rules it keeps:
   topic's listeners, never silence.
 * **No duplicate delivery**: a message whose position is not after the
   topic's position is dropped. Positions are opaque on the wire (the core
-  only sends back what it got), but ``_after`` compares two of this server's
+  only sends back what it got), but ``after`` compares two of this server's
   ``EPOCH:SEQ`` positions of the same epoch: the server delivers each topic
   in position order, so that one comparison is exact, costs no memory per
   message (unlike a window of recent ids, which also forgets), and is a no-op
@@ -59,13 +59,10 @@ Rules it keeps:
 
 from __future__ import annotations
 
-import enum
-import heapq
 import itertools
 import random
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -74,6 +71,21 @@ import orjson
 from .. import protocol
 from ..protocol import decode_json  # one decoder for both sides of the wire
 from ._config import Reconnect, Timeouts, backoff, websocket_url
+from ._events import (
+    CloseSocket,
+    Connected,
+    Deliver,
+    Disconnected,
+    Event,
+    Gap,
+    Handshake,
+    Listener,
+    Rejected,
+    Resolved,
+    ServerNotice,
+    State,
+    SubscriptionLost,
+)
 from ._exceptions import (
     BosBaseError,
     ClientClosed,
@@ -84,6 +96,8 @@ from ._exceptions import (
     describe_close,
     server_error,
 )
+from ._requests import HOLD_ACK_FOR, Deadlines, HeldAck, Kind, Request, publish_lost
+from ._topics import BacklogMonitor, Topic, after, check_topic, subscribe_frame
 from ._types import Message, PublishAck, ReplayGap
 
 __all__ = [
@@ -108,236 +122,8 @@ USER_AGENT = "bosbase-pubsub-python"
 RESERVED_ENVELOPE_KEYS = frozenset({"type", "topic", "data", "requestId", "key"})
 MAX_KEY_LENGTH = 128
 """The longest publish ``key`` the server takes."""
-HOLD_ACK_FOR = 2.0
-"""At most this long a publish ack waits for its own message (which follows it at once)."""
 
-
-class State(enum.Enum):
-    """Where the connection stands."""
-
-    IDLE = "idle"
-    """No socket, and nothing needs one."""
-    WAITING = "waiting"
-    """No socket; the next attempt is due at ``connect_at``."""
-    CONNECTING = "connecting"
-    """The shell is opening a socket; the server's ``ready`` has not come yet."""
-    SYNCING = "syncing"
-    """``ready`` came; the topics are being subscribed again."""
-    OPEN = "open"
-    """Every topic is subscribed on a live connection."""
-    CLOSED = "closed"
-    """The client was closed; every call fails with ``ClientClosed``."""
-
-
-# --- events (core to shell) ---------------------------------------------------------
-
-
-class Listener:
-    """One handler on one topic; ``active`` turns false when it is removed.
-
-    A ``Deliver`` names the listeners subscribed when its message arrived: a
-    message already received is still handed to a listener removed since (as
-    an emit in progress does in Node's ``EventEmitter``)."""
-
-    __slots__ = ("active", "handler", "on_gap", "topic")
-
-    def __init__(self, topic: str, handler: Any, on_gap: Any = None) -> None:
-        self.topic = topic
-        self.handler = handler
-        """Whatever the shell subscribed with; the core never calls it."""
-        self.on_gap = on_gap
-        """Told about an incomplete replay (``None``: the shell logs it)."""
-        self.active = True
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Hand ``message`` to ``listeners`` (skipping any no longer ``active``)."""
-
-    message: Message
-    listeners: tuple[Listener, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """A resume came back incomplete: tell ``listeners`` (their ``on_gap``) before the
-    messages that follow it, which are those the server could still replay."""
-
-    gap: ReplayGap
-    listeners: tuple[Listener, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Resolved:
-    """The request succeeded; ``value`` is the ack of a publish, else ``None``."""
-
-    request_id: str
-    value: PublishAck | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """The request failed with ``error``."""
-
-    request_id: str
-    error: BosBaseError
-
-
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """The connection is up and every topic is subscribed (``State.OPEN``)."""
-
-    client_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnected:
-    """A connection (or an attempt) ended; ``error`` is ``None`` when the client asked.
-
-    ``retry_in`` is the delay before the next attempt, ``None`` when none is planned;
-    ``established`` tells a lost connection from a failed attempt.
-    """
-
-    error: BosBaseError | None
-    retry_in: float | None
-    established: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionLost:
-    """The server refused to subscribe ``topic`` again after a reconnect; its
-    listeners were removed."""
-
-    topic: str
-    error: BosBaseError
-
-
-@dataclass(frozen=True, slots=True)
-class ServerNotice:
-    """An ``error`` frame that answers no pending request."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class CloseSocket:
-    """Close the socket (a close frame with ``code``), then call ``connection_lost``."""
-
-    code: int
-    reason: str
-
-
-Event = (
-    Deliver | Gap | Resolved | Rejected | Connected | Disconnected | SubscriptionLost | ServerNotice
-) | CloseSocket
-
-
-@dataclass(frozen=True, slots=True)
-class Handshake:
-    """What the shell needs to open the WebSocket."""
-
-    url: str
-    headers: tuple[tuple[str, str], ...]
-
-
-# --- internal state -----------------------------------------------------------------
-
-_Kind = Literal["publish", "subscribe", "resubscribe", "unsubscribe"]
 _CloseReason = Literal["reconnect", "timeout", "disconnect", "close"]
-
-
-class _Request:
-    __slots__ = (
-        "deadline",
-        "frame",
-        "id",
-        "kind",
-        "listener",
-        "sent",
-        "since",
-        "timeout",
-        "topic",
-    )
-
-    def __init__(
-        self,
-        request_id: str,
-        kind: _Kind,
-        topic: str,
-        frame: bytes,
-        deadline: float,
-        timeout: float,
-        listener: Listener | None = None,
-    ) -> None:
-        self.id = request_id
-        self.kind = kind
-        self.topic = topic
-        self.frame = frame
-        self.deadline = deadline
-        self.timeout = timeout
-        self.listener = listener
-        self.sent = False
-        """Written on the current connection (else waiting in the queue)."""
-        self.since: str | None = None
-        """The ``since`` a subscribe carried when it was written."""
-
-
-@dataclass(slots=True)
-class _HeldAck:
-    request_id: str
-    topic: str
-    ack: PublishAck
-    deadline: float
-
-
-class _Topic:
-    __slots__ = ("active", "listeners", "name", "position")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.listeners: tuple[Listener, ...] = ()
-        self.active = False
-        """The server acknowledged the subscription on the current connection."""
-        self.position: str | None = None
-        """The position of the last message delivered on this topic, or where the
-        server said live delivery began; a re-subscribe resumes from it."""
-
-
-class BacklogMonitor:
-    """When to warn that messages pile up before a slow handler (pure: the caller
-    passes the backlog size and the time).
-
-    Warns at 10,000 waiting messages, then at each tenfold, at most once a
-    minute; a backlog that drained completely starts over.
-    """
-
-    FIRST = 10_000
-    QUIET = 60.0
-
-    def __init__(self) -> None:
-        self._next = self.FIRST
-        self._last = float("-inf")
-
-    def check(self, backlog: int, now: float) -> str | None:
-        """A warning to log for ``backlog`` messages waiting, or ``None``."""
-        if backlog == 0 and now - self._last >= self.QUIET:
-            self._next = self.FIRST
-        if backlog < self._next or now - self._last < self.QUIET:
-            return None
-        while self._next <= backlog:
-            self._next *= 10
-        self._last = now
-        return f"{backlog} messages wait for a slow handler (they are kept in memory)"
-
-
-def check_topic(topic: object) -> str:
-    """The topic as the server will see it (trimmed); raise ``InvalidRequest`` if empty."""
-    if not isinstance(topic, str):
-        raise InvalidRequest(f"topic must be a string, not {type(topic).__name__}")
-    topic = topic.strip()
-    if not topic:
-        raise InvalidRequest(protocol.ERR_TOPIC_REQUIRED)
-    return topic
 
 
 class PubSubCore:
@@ -380,13 +166,13 @@ class PubSubCore:
         self._closing: _CloseReason | None = None
         self._reconnect_pending = False
 
-        self._topics: dict[str, _Topic] = {}
-        self._requests: dict[str, _Request] = {}
-        self._queue: dict[str, _Request] = {}
-        self._deadlines: list[tuple[float, str]] = []
+        self._topics: dict[str, Topic] = {}
+        self._requests: dict[str, Request] = {}
+        self._queue: dict[str, Request] = {}
+        self._deadlines = Deadlines()
         self._sync_waiting: set[str] = set()
         self._in_flight_publishes = 0
-        self._held: dict[str, _HeldAck] = {}
+        self._held: dict[str, HeldAck] = {}
         """Publish acks waiting for their own message, by message id."""
         self.server_resumes = False
         """The server sent a ``position``: it keeps the resume extension, so a lost
@@ -410,11 +196,8 @@ class PubSubCore:
 
     def next_deadline(self) -> float | None:
         """The earliest moment ``tick`` (or a connection attempt) is due, if any."""
-        heap = self._deadlines
-        while heap and heap[0][1] not in self._requests:
-            heapq.heappop(heap)
         # Called after every frame: no allocation on the common path.
-        earliest = heap[0][0] if heap else None
+        earliest = self._deadlines.earliest(self._requests)
         for moment in (self.connect_at, self._ready_deadline):
             if moment is not None and (earliest is None or moment < earliest):
                 earliest = moment
@@ -529,7 +312,7 @@ class PubSubCore:
             )
         listener = Listener(topic, handler, on_gap)
         if entry is None:
-            entry = self._topics[topic] = _Topic(topic)
+            entry = self._topics[topic] = Topic(topic)
             entry.position = since
         entry.listeners += (listener,)
         if entry.active:
@@ -686,7 +469,7 @@ class PubSubCore:
         for entry in self._topics.values():
             entry.active = False
         self._release_held()
-        again: list[_Request] = []
+        again: list[Request] = []
         for request in list(self._requests.values()):
             if not request.sent:
                 continue
@@ -697,7 +480,7 @@ class PubSubCore:
                 again.append(request)  # the same key: the server stores it once
             elif request.kind == "publish":
                 self._finish(request)
-                self._events.append(Rejected(request.id, _publish_lost(error)))
+                self._events.append(Rejected(request.id, publish_lost(error)))
             else:  # re-subscribes are redone; unsubscribes need no new connection
                 self._finish(request)
         if again:
@@ -728,9 +511,7 @@ class PubSubCore:
                 f"the server did not get ready within {self.timeouts.connect:g}s"
             )
             self._ask_close("timeout", 1000, "connect timeout")
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, request_id = heapq.heappop(heap)
+        while (request_id := self._deadlines.pop_due(now)) is not None:
             request = self._requests.get(request_id)
             if request is None:
                 continue
@@ -757,7 +538,7 @@ class PubSubCore:
             "created": envelope.get("created", ""),
         }
         if type(position) is str and position:
-            if entry.position is not None and not _after(position, entry.position):
+            if entry.position is not None and not after(position, entry.position):
                 position = None  # delivered already (a replay overlapping live delivery)
             else:
                 entry.position = message["position"] = position
@@ -826,11 +607,11 @@ class PubSubCore:
                 and entry.active
                 and type(ack["id"]) is str
                 # A resent publish whose message was delivered before the loss: no wait.
-                and (position is None or entry.position is None or _after(position, entry.position))
+                and (position is None or entry.position is None or after(position, entry.position))
             ):
                 # Our own copy follows the ack: answer once it has been delivered.
                 deadline = min(request.deadline, now + HOLD_ACK_FOR)
-                self._held[ack["id"]] = _HeldAck(request.id, request.topic, ack, deadline)
+                self._held[ack["id"]] = HeldAck(request.id, request.topic, ack, deadline)
                 return
         elif kind == "subscribed":
             entry = self._topics.get(request.topic)
@@ -840,7 +621,7 @@ class PubSubCore:
         self._events.append(Resolved(request.id, value))
 
     def _on_subscribed(
-        self, entry: _Topic, request: _Request, replay: object, position: str | None
+        self, entry: Topic, request: Request, replay: object, position: str | None
     ) -> None:
         since = request.since
         if since is None or replay not in ("pruned", "unknown"):
@@ -884,22 +665,22 @@ class PubSubCore:
     def _request(
         self,
         request_id: str,
-        kind: _Kind,
+        kind: Kind,
         topic: str,
         frame: bytes,
         now: float,
         timeout: float | None,
-    ) -> _Request:
+    ) -> Request:
         timeout = self.timeouts.request if timeout is None else timeout
         if not timeout > 0:
             raise InvalidRequest("timeout must be above 0")
-        return _Request(request_id, kind, topic, frame, now + timeout, timeout)
+        return Request(request_id, kind, topic, frame, now + timeout, timeout)
 
-    def _register(self, request: _Request) -> None:
+    def _register(self, request: Request) -> None:
         self._requests[request.id] = request
-        heapq.heappush(self._deadlines, (request.deadline, request.id))
+        self._deadlines.add(request.deadline, request.id)
 
-    def _submit(self, request: _Request, now: float) -> None:
+    def _submit(self, request: Request, now: float) -> None:
         self._register(request)
         if self._can_send():
             self._send(request)
@@ -909,7 +690,7 @@ class PubSubCore:
             self.state = State.WAITING
             self.connect_at = now
 
-    def _send(self, request: _Request) -> None:
+    def _send(self, request: Request) -> None:
         request.sent = True
         kind = request.kind
         if kind == "publish":
@@ -917,10 +698,10 @@ class PubSubCore:
         elif kind == "subscribe" or kind == "resubscribe":
             entry = self._topics.get(request.topic)
             request.since = entry.position if entry is not None else None
-            request.frame = _subscribe_frame(request.topic, request.id, request.since)
+            request.frame = subscribe_frame(request.topic, request.id, request.since)
         self._outbox.append(request.frame)
 
-    def _finish(self, request: _Request) -> None:
+    def _finish(self, request: Request) -> None:
         """Forget a request that got its answer, expired or was abandoned."""
         del self._requests[request.id]
         self._queue.pop(request.id, None)
@@ -932,7 +713,7 @@ class PubSubCore:
                 self._become_open()
         self._maybe_finish_drain()
 
-    def _expired(self, request: _Request, now: float) -> None:
+    def _expired(self, request: Request, now: float) -> None:
         if request.sent:
             error = RequestTimeout(f"no reply from the server within {request.timeout:g}s")
             if request.kind == "resubscribe" and self._socket_live():
@@ -947,7 +728,7 @@ class PubSubCore:
         self._failed(request, now)
         self._events.append(Rejected(request.id, error))
 
-    def _failed(self, request: _Request, now: float) -> None:
+    def _failed(self, request: Request, now: float) -> None:
         if request.kind == "subscribe" and request.listener is not None:
             self.remove_listener(request.listener, now)
 
@@ -966,7 +747,7 @@ class PubSubCore:
 
     # --- topics -----------------------------------------------------------------------
 
-    def _drop_topic(self, entry: _Topic, now: float) -> None:
+    def _drop_topic(self, entry: Topic, now: float) -> None:
         """Leave a topic: listeners off, queued subscribes answered, the server told."""
         if self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
@@ -976,7 +757,7 @@ class PubSubCore:
         if self._socket_live():
             self._send_unsubscribe(entry.name, now)
 
-    def _forget_topic(self, entry: _Topic) -> None:
+    def _forget_topic(self, entry: Topic) -> None:
         for listener in entry.listeners:
             listener.active = False
         entry.listeners = ()
@@ -1070,35 +851,3 @@ class PubSubCore:
     def _check_not_closed(self) -> None:
         if self.state is State.CLOSED:
             raise ClientClosed("the client was closed")
-
-
-def _subscribe_frame(topic: str, request_id: str, since: str | None) -> bytes:
-    fields = {"type": "subscribe", "topic": topic, "requestId": request_id}
-    if since is not None:
-        fields["since"] = since
-    return orjson.dumps(fields)
-
-
-def _after(position: str, last: str) -> bool:
-    """``position`` comes after ``last`` in the server's delivery order.
-
-    The one place positions are read: two of this server's ``EPOCH:SEQ`` of
-    the same epoch compare by ``SEQ``; anything else (another shape, another
-    epoch, a database replaced) is taken as after, trusting the server.
-    """
-    epoch, _, seq = position.rpartition(":")
-    last_epoch, _, last_seq = last.rpartition(":")
-    if epoch != last_epoch or not epoch or not (seq.isdigit() and last_seq.isdigit()):
-        return True
-    return int(seq) > int(last_seq)
-
-
-def _publish_lost(error: BosBaseError) -> ConnectionClosed:
-    code = error.code if isinstance(error, ConnectionClosed) else None
-    reason = error.reason if isinstance(error, ConnectionClosed) else ""
-    return ConnectionClosed(
-        "the connection closed before the server acknowledged the publish, which may or"
-        f" may not have been stored ({error})",
-        code=code,
-        reason=reason,
-    )
