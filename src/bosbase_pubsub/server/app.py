@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from .. import protocol
-from .auth import Authenticator
+from .auth import Authenticator, add_routes
 from .cluster import Follower, Sequencer
 from .commits import CommitQueue
 from .config import ServerConfig
@@ -103,7 +103,7 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
     app.router.add_post("/api/pubsub/publish", http_publish)
     app.router.add_get("/api/health", health)
     app.router.add_get("/metrics", metrics_route)
-    authenticator.add_routes(app)
+    add_routes(app, authenticator)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_sockets)
     return app

@@ -18,7 +18,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bosbase_pubsub.server.auth import AUTHENTICATOR_KEY, Authenticator, PasswordHasher, identify
+from bosbase_pubsub.server.auth import (
+    AUTHENTICATOR_KEY,
+    Authenticator,
+    PasswordHasher,
+    add_routes,
+    identify,
+)
 from bosbase_pubsub.server.config import AuthSettings
 from bosbase_pubsub.server.errors import json_response
 from bosbase_pubsub.server.storage import Store
@@ -138,7 +144,7 @@ async def serve_auth(store: Store, hasher: PasswordHasher) -> AsyncIterator[Serv
         auth = Authenticator(store.accounts, AuthSettings(**settings), hasher=hasher)
         await auth.start()
         app = web.Application()
-        auth.add_routes(app)
+        add_routes(app, auth)
         app.router.add_get("/whoami", whoami)
         app.router.add_get("/whoami/header-only", whoami_header_only)
         app.router.add_get("/whoami/identify-header", whoami_identify_header)

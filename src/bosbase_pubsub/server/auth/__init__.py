@@ -1,7 +1,7 @@
 """Accounts and tokens: PocketBase-compatible auth for the pub/sub server.
 
 The server builds one ``Authenticator``, awaits its ``start()``, registers its
-REST routes with ``add_routes(app)`` and asks it (or the module-level
+REST routes with ``add_routes(app, authenticator)`` and asks it (or the module-level
 ``identify``) who sent a request or opened a WebSocket. ``upsert_superuser``
 and ``create_user`` serve the command line.
 
@@ -21,6 +21,7 @@ from .errors import AuthError, EmailTakenError, FieldError, InvalidInputError, U
 from .passwords import PasswordHasher
 from .ratelimit import SigninLimiter
 from .records import record_json
+from .routes import add_routes
 from .tokens import Identity, TokenSource
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "SigninLimiter",
     "TokenSource",
     "UnreadableBodyError",
+    "add_routes",
     "create_user",
     "find_collection",
     "identify",

@@ -4,7 +4,7 @@
 
     auth = Authenticator(store.accounts, config.auth)
     await auth.start()              # loads (or creates) the shared signing secrets
-    auth.add_routes(app)            # the PocketBase-style auth REST routes
+    add_routes(app, auth)           # the PocketBase-style auth REST routes (``routes``)
     ...
     identity = await auth.identify(request)   # or identify(request) anywhere in the app
 
@@ -121,37 +121,19 @@ class Authenticator:
             return False
         return await self.hasher.verify(password, record.password_hash)
 
-    # --- HTTP -------------------------------------------------------------------------
-
-    def add_routes(self, app: web.Application) -> None:
-        """Register the auth routes on ``app`` and make ``identify(request)`` work in it.
-
-        Routes (PocketBase's; ``{collection}`` is ``users`` or ``_superusers``, by
-        name or id):
-
-        - ``POST /api/collections/{collection}/auth-with-password``
-        - ``POST /api/collections/{collection}/auth-refresh``
-        - ``POST /api/collections/{collection}/records`` (sign-up)
-        - ``PATCH /api/collections/{collection}/records/{id}`` (password change)
-        """
-        from .routes import AuthRoutes
-
-        app[AUTHENTICATOR_KEY] = self
-        AuthRoutes(self).register(app.router)
-
 
 AUTHENTICATOR_KEY = web.AppKey("bosbase_pubsub.authenticator", Authenticator)
-"""Where ``add_routes`` leaves the authenticator in the application."""
+"""Where ``routes.add_routes`` leaves the authenticator in the application."""
 
 
 async def identify(request: web.Request, *, allow_query_and_cookie: bool = True) -> Identity | None:
     """``Authenticator.identify`` with the authenticator of the request's application.
 
-    Raises ``RuntimeError`` if ``Authenticator.add_routes`` was not called on
-    the application (or a parent of it).
+    Raises ``RuntimeError`` if ``add_routes(app, authenticator)`` was not called
+    on the application (or a parent of it).
     """
     try:
         authenticator = request.config_dict[AUTHENTICATOR_KEY]
     except KeyError:
-        raise RuntimeError("Authenticator.add_routes(app) was not called") from None
+        raise RuntimeError("add_routes(app, authenticator) was not called") from None
     return await authenticator.identify(request, allow_query_and_cookie=allow_query_and_cookie)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -33,6 +33,7 @@ from aiohttp import web
 from ..errors import api_error, json_response
 from ..storage.base import StoreError
 from .accounts import change_password, create_account
+from .authenticator import AUTHENTICATOR_KEY, Authenticator
 from .collections import AuthCollection, find_collection
 from .errors import InvalidInputError, UnreadableBodyError
 from .forms import (
@@ -44,12 +45,25 @@ from .forms import (
 from .ratelimit import retry_after_header
 from .records import auth_json, record_json
 
-if TYPE_CHECKING:
-    from .authenticator import Authenticator
-
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_routes(app: web.Application, authenticator: Authenticator) -> None:
+    """Register the auth routes on ``app`` and make ``identify(request)`` work in it.
+
+    Routes (PocketBase's; ``{collection}`` is ``users`` or ``_superusers``, by
+    name or id):
+
+    - ``POST /api/collections/{collection}/auth-with-password``
+    - ``POST /api/collections/{collection}/auth-refresh``
+    - ``POST /api/collections/{collection}/records`` (sign-up)
+    - ``PATCH /api/collections/{collection}/records/{id}`` (password change)
+    """
+    app[AUTHENTICATOR_KEY] = authenticator
+    AuthRoutes(authenticator).register(app.router)
+
 
 FAILED_TO_AUTHENTICATE = "Failed to authenticate."
 REQUIRES_AUTH = "The request requires valid record authorization token."

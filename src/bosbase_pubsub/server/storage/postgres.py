@@ -50,7 +50,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -61,19 +61,16 @@ from .base import (
     AUTH_TABLES,
     AccountStore,
     AuthRecord,
-    DuplicateRecordError,
     Feed,
     Message,
     Positions,
     Store,
     StoreError,
 )
+from .postgres_common import CHANNEL, DRIVER_ERRORS, QUERY_TIMEOUT, translate_errors
+from .postgres_feed import PostgresFeed
 
 log = logging.getLogger("bosbase_pubsub.storage.postgres")
-
-CHANNEL = "_pubsub_messages"
-"""The LISTEN/NOTIFY channel. A notification only wakes the feeds: its payload is the
-id of the node that stored the batch, never the messages."""
 
 NOTIFY_SETTING = "pubsub.notify"
 """A session setting of the append connection: ``off`` while no other node listens."""
@@ -86,8 +83,6 @@ woken by its fallback poll only, for up to that long)."""
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection before giving up (the store is then unreachable)."""
-QUERY_TIMEOUT = 10.0
-"""Seconds any statement may take before the store counts as failed."""
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
 """Bounds, in seconds, of the writer's reconnect backoff; appends fail fast in between."""
 
@@ -348,27 +343,6 @@ _RECORD_COLUMNS = (
     'id, email, password, "tokenKey", verified, "emailVisibility", name, created, updated'
 )
 
-_TRANSLATED: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # Raised, for one, by a connection the server just cut while it was idle.
-    asyncpg.exceptions.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
-
-
-@contextlib.contextmanager
-def translate_errors(action: str) -> Iterator[None]:
-    """Turn driver and socket errors into ``StoreError`` (the one place that does)."""
-    try:
-        yield
-    except asyncpg.UniqueViolationError as error:
-        raise DuplicateRecordError(f"postgres: {action}: {error}") from error
-    except _TRANSLATED as error:
-        detail = str(error) or type(error).__name__
-        raise StoreError(f"postgres: {action}: {detail}") from error
-
 
 def _connection_is_broken(connection: asyncpg.Connection[Any], error: BaseException) -> bool:
     """Whether ``connection`` must be replaced after ``error`` (rather than reused)."""
@@ -487,7 +461,7 @@ class PostgresStore(Store):
             look.cancel()
         writer, self._writer = self._writer, None
         if writer is not None:
-            with contextlib.suppress(*_TRANSLATED):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 await asyncio.wait_for(writer.close(), CONNECT_TIMEOUT)
             writer.terminate()
         pool, self._pool = self._pool, None
@@ -623,8 +597,6 @@ class PostgresStore(Store):
             await self.pool.fetchval("SELECT 1")
 
     def feed(self, *, skip_origin: str) -> Feed:
-        from .postgres_feed import PostgresFeed
-
         self._node_id = skip_origin
         name = f"{FEED_APPLICATION} {skip_origin}"
         return PostgresFeed(lambda: self.connect(application_name=name), skip_origin=skip_origin)
@@ -680,10 +652,10 @@ class PostgresStore(Store):
             finally:
                 if held:
                     # If this fails the connection is gone, and the lock with it.
-                    with contextlib.suppress(*_TRANSLATED):
+                    with contextlib.suppress(*DRIVER_ERRORS):
                         await connection.execute("SELECT pg_advisory_unlock($1)", key)
         finally:
-            with contextlib.suppress(*_TRANSLATED):
+            with contextlib.suppress(*DRIVER_ERRORS):
                 await self.pool.release(connection)
 
 

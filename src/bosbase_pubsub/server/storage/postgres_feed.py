@@ -45,7 +45,7 @@ from typing import Any
 import asyncpg
 
 from .base import Feed, Message, StoreError
-from .postgres import CHANNEL, QUERY_TIMEOUT, translate_errors
+from .postgres_common import CHANNEL, QUERY_TIMEOUT, translate_errors
 
 log = logging.getLogger("bosbase_pubsub.storage.postgres")
 
