@@ -46,6 +46,14 @@ def _frame_size(text: str) -> int:
     return value
 
 
+def _networks(text: str) -> str:
+    """Check ``--trusted-proxies`` here, so that a typo is a usage error; kept as text."""
+    from .server.proxies import parse_networks
+
+    parse_networks(text)
+    return text
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -168,6 +176,10 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             metavar="SIZE")  # fmt: skip
     _option(parser, "--max-connections-per-address", default="1000", type=_positive_int,
             help="concurrent WebSocket connections per client address", metavar="N")  # fmt: skip
+    _option(parser, "--trusted-proxies", default="", type=_networks,
+            help="comma-separated networks (CIDRs) of reverse proxies whose X-Forwarded-For"
+            " names the client, for the per-address limits; empty: the header is ignored",
+            metavar="CIDRS")  # fmt: skip
     _option(parser, "--outbound-buffer", default="4MiB", type=_size,
             help="bytes queued for a subscriber that is not reading before it is closed",
             metavar="SIZE")  # fmt: skip
@@ -301,6 +313,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         shutdown_timeout=args.shutdown_timeout.total_seconds(),
         log_format=args.log_format,
         log_level=args.log_level,
+        trusted_proxies=args.trusted_proxies,
         limits=Limits(
             max_topic_length=args.max_topic_length,
             max_subscriptions=args.max_subscriptions,

@@ -29,6 +29,7 @@ from .errors import api_error, json_response
 from .hub import Hub
 from .ids import new_id, now_created
 from .metrics import FeedGauges, Metrics
+from .proxies import TrustedProxies, parse_networks
 from .retention import run_retention
 from .storage import Message, Store, StoreError, open_store
 from .websocket import PubSubEndpoint
@@ -94,9 +95,12 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
 
     # Request bodies are bounded above the payload limit; the publish route
     # answers oversized ones itself with the contract's 413 body.
+    middlewares = [cors_middleware(config.auth.origins)]
+    trusted = parse_networks(config.trusted_proxies)
+    if trusted:  # first, so that everything after sees the client's address
+        middlewares.insert(0, TrustedProxies(trusted).middleware())
     app = web.Application(
-        client_max_size=2 * config.limits.max_frame_bytes,
-        middlewares=[cors_middleware(config.auth.origins)],
+        client_max_size=2 * config.limits.max_frame_bytes, middlewares=middlewares
     )
     app[NODE] = node
     app.router.add_get("/api/pubsub", endpoint.handle)

@@ -80,6 +80,9 @@ class ServerConfig:
     """Seconds between WebSocket pings; a peer that does not answer in half of it is dropped."""
     shutdown_timeout: float = 10.0
     """Seconds a graceful shutdown waits for acked commits and closing sockets."""
+    trusted_proxies: str = ""
+    """Comma-separated networks (CIDRs) of reverse proxies whose ``X-Forwarded-For``
+    names the client (see ``proxies``); empty: the header is ignored."""
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
     limits: Limits = field(default_factory=Limits)
