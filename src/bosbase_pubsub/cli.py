@@ -250,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("password")
     _add_storage_options(create)
     _add_client_commands(commands)
+    _add_bench_command(commands)
     return parser
 
 
@@ -295,6 +296,19 @@ def _add_client_commands(commands: Any) -> None:
     pub.add_argument("data", nargs="?", default=None, metavar="JSON",
                      help='the message, e.g. \'{"text": "hi"}\' (default: read stdin)')  # fmt: skip
     connection_options(pub)
+
+
+def _add_bench_command(commands: Any) -> None:
+    """``bench``: load a running server and measure it (no server modules)."""
+    from .benchmark.command import add_bench_command
+
+    add_bench_command(commands)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .benchmark.command import run_bench
+
+    return run_bench(args)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -398,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .client._cli import run
 
         return int(run(args))
+    if args.command == "bench":
+        return _run_bench(args)
     return _run_account(args)
 
 
