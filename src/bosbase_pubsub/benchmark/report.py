@@ -63,6 +63,12 @@ def table(result: dict[str, Any]) -> str:
     ]
     if not result["drained"]:
         lines.append("  note: the drain timed out; what had not arrived by then counts as lost")
+    due = result.get("due")
+    if due and result["sent"] < 0.99 * due:
+        lines.append(
+            f"  note: the publishers fell behind the rate: {result['sent']:,} of {due:,} due"
+            " were sent (waiting for acks, see --in-flight, or for the server to read)"
+        )
     if result["client_cpu_percent"] >= CLIENT_BOUND_PERCENT:
         lines.append(
             "  note: the bench client used most of a core: the figures may be its limit,"

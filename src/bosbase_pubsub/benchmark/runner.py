@@ -29,6 +29,10 @@ _CONNECT_AT_ONCE = 50
 """Connections opened concurrently during setup (a burst of handshakes is not the test)."""
 
 
+_SEND_GRACE = 1.0
+"""Seconds past the window's end that a publisher still blocked in a send may take."""
+
+
 class AuthFailedError(Exception):
     """No identity to publish with: the token, the sign-in or the sign-up failed."""
 
@@ -216,16 +220,21 @@ async def _publish(
         )
         for i, p in enumerate(publishers)
     ]
-    everyone = asyncio.gather(*jobs)
+    # A send or a window slot can wait for ever on a server that stopped reading:
+    # past the window's end (and a little grace) whatever still waits is cancelled.
+    deadline = end + _SEND_GRACE
+    everyone = asyncio.gather(*jobs, return_exceptions=True)
     try:
-        while not everyone.done():
+        while not everyone.done() and time.monotonic() < deadline:
             await asyncio.wait([everyone], timeout=0.5)
             if on_progress is not None:
                 on_progress(tally, time.monotonic() - start)
-        everyone.result()
     finally:
         for job in jobs:
             job.cancel()
+        for outcome in await everyone:
+            if isinstance(outcome, Exception):
+                raise outcome
     return time.monotonic() - start
 
 
@@ -241,7 +250,8 @@ async def _drain(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         answered = all(not p.pending for p in publishers)
-        if answered and all(s.distinct >= tally.acked for s in subscribers):
+        # A subscriber that was closed (e.g. as a slow consumer) gets nothing more.
+        if answered and all(s.closed or s.distinct >= tally.acked for s in subscribers):
             return True
         await asyncio.sleep(0.05)
         if on_progress is not None:
@@ -291,6 +301,10 @@ def _result(
         "topic": topic,
         "window_s": round(window, 3),
         "wall_s": round(wall, 3),
+        # Publishes the rate made due within the window (None: unpaced).
+        "due": min(workload.count, int(workload.rate * workload.duration))
+        if workload.rate
+        else None,
         "sent": tally.sent,
         "acked": tally.acked,
         "expected_deliveries": tally.acked * workload.subscribers,

@@ -79,6 +79,7 @@ async def open_connection(url: str, token: str | None, timeout: float) -> Client
             compression=None,  # the server offers none; say so up front
             max_size=_MAX_FRAME,
             open_timeout=timeout,
+            close_timeout=2,  # the end of a run waits for no slow goodbye
         )
     except InvalidStatus as error:
         raise SetupError(f"the server refused the WebSocket: {error}") from None
@@ -117,6 +118,8 @@ class Subscriber:
         self.tally = tally
         self.received = [bytearray() for _ in range(publishers)]
         self.distinct = 0
+        self.closed = False
+        """The connection ended (the drain stops waiting for it)."""
 
     @classmethod
     async def start(
@@ -163,6 +166,8 @@ class Subscriber:
         except ConnectionClosed as closed:
             if closed.rcvd is None or closed.rcvd.code != 1000:
                 tally.error(f"subscriber closed: {_close_reason(closed)}", connection=True)
+        finally:
+            self.closed = True
 
 
 class Publisher:
@@ -241,9 +246,11 @@ class Publisher:
             if closed.rcvd is None or closed.rcvd.code != 1000:
                 tally.error(f"publisher closed: {_close_reason(closed)}", connection=True)
         finally:
-            # Whatever is still pending will get no answer now.
+            # Whatever is still pending will get no answer now: an error each.
             for _ in self.pending:
                 self.window.release()
+                tally.error("publish: no answer before the connection closed")
+            self.pending.clear()
 
 
 def lost(subscribers: list[Subscriber], tally: Tally) -> int:
