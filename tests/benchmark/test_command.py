@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..client.test_imports import SERVER_ONLY, loaded_after
 from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer
-from ..servers import ServerProcess
+from ..servers import ServerProcess, cli
 
 SUMMARY_FIELDS = {
     "mode", "workload", "sent", "acked", "delivered", "expected_deliveries", "lost",
@@ -95,3 +97,20 @@ def test_a_remote_server_is_refused_without_allow_remote(tmp_path: Path) -> None
     assert "192.0.2.1 is not a loopback address" in run.stderr
     assert "--allow-remote" in run.stderr
     assert not out.exists()
+
+
+def test_bench_needs_none_of_the_server_dependencies() -> None:
+    loaded = loaded_after(
+        "from bosbase_pubsub import cli\n"
+        "cli.build_parser().parse_args(['bench', 'publish'])\n"
+        "from bosbase_pubsub.benchmark import command, progress, report, runner\n"
+        "assert 'matplotlib' not in sys.modules  # only a --plot loads it\n"
+    )
+    assert [name for name in loaded if name in SERVER_ONLY] == []
+
+
+def test_the_cli_reference_lists_every_bench_flag() -> None:
+    reference = (Path(__file__).parents[2] / "docs/reference/cli.md").read_text()
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", cli("bench", "--help").stdout)) - {"--help"}
+    assert flags  # the help was read
+    assert {flag for flag in flags if f"`{flag}" not in reference} == set()
