@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .server.config import ServerConfig
+    from .server.config import ExternalAuth, ServerConfig
 
 ENV_PREFIX = "BOSBASE_PUBSUB_"
 
@@ -186,6 +186,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--heartbeat", default="30s", type=duration,
             help="WebSocket heartbeat: a silent peer gets a ping, then is dropped (0s: off)",
             metavar="DURATION")  # fmt: skip
+    _add_external_auth_options(parser)
     _option(parser, "--failed-signins-per-identity", default="5", type=_positive_int,
             help="failed sign-ins per account within the window before 429",
             metavar="N")  # fmt: skip
@@ -200,6 +201,53 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             help="text or json", metavar="FORMAT")  # fmt: skip
     _option(parser, "--log-level", default="info", type=_log_level,
             help="debug, info, warning or error", metavar="LEVEL")  # fmt: skip
+
+
+def _add_external_auth_options(parser: argparse.ArgumentParser) -> None:
+    """Tokens of the user's own backend (``serve`` and ``gentoken``); see ``auth.external``."""
+    _option(parser, "--jwt-secret", default="",
+            help="accept HS256 tokens of your own backend signed with this shared secret"
+            " (at least 32 bytes)", metavar="SECRET")  # fmt: skip
+    _option(parser, "--jwks-url", default="",
+            help="accept RS256/ES256 tokens of your own backend, checked with the keys"
+            " of this JSON Web Key Set", metavar="URL")  # fmt: skip
+    _option(parser, "--jwt-issuer", default="",
+            help="required iss claim of those tokens (empty: not checked)",
+            metavar="ISS")  # fmt: skip
+    _option(parser, "--jwt-audience", default="",
+            help="required aud claim of those tokens (empty: tokens with an aud are"
+            " refused)", metavar="AUD")  # fmt: skip
+    _option(parser, "--jwt-user-claim", default="sub",
+            help="claim of those tokens holding the user id", metavar="CLAIM")  # fmt: skip
+    _option(parser, "--jwt-algorithms", default="",
+            help="comma-separated algorithms accepted (empty: HS256 with --jwt-secret,"
+            " RS256 and ES256 with --jwks-url)", metavar="ALGS")  # fmt: skip
+    _option(parser, "--jwt-collection", default="external",
+            help="collection name the identities of those tokens get", metavar="NAME")  # fmt: skip
+    _option(parser, "--jwks-timeout", default="5s", type=_parse_duration,
+            help="how long a JWKS fetch may take", metavar="DURATION")  # fmt: skip
+
+
+def _parse_duration(text: str) -> Any:
+    from .server.config import parse_duration
+
+    return parse_duration(text)
+
+
+def external_auth_from_args(args: argparse.Namespace) -> ExternalAuth:
+    """The ``ExternalAuth`` that parsed ``--jwt-*`` / ``--jwks-*`` arguments describe."""
+    from .server.config import ExternalAuth
+
+    return ExternalAuth(
+        secret=args.jwt_secret,
+        jwks_url=args.jwks_url,
+        issuer=args.jwt_issuer,
+        audience=args.jwt_audience,
+        user_claim=args.jwt_user_claim,
+        algorithms=tuple(a.strip() for a in args.jwt_algorithms.split(",") if a.strip()),
+        collection=args.jwt_collection,
+        jwks_timeout=args.jwks_timeout.total_seconds(),
+    )
 
 
 def _sqlite_synchronous(text: str) -> str:
@@ -249,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("email")
     create.add_argument("password")
     _add_storage_options(create)
+
+    gentoken = commands.add_parser(
+        "gentoken",
+        help="mint a test token for the configured --jwt-secret",
+        description="Print a token as your own backend would mint it for USER, signed"
+        " with --jwt-secret (and with --jwt-issuer/--jwt-audience/--jwt-user-claim), for"
+        " trying the server's bring-your-own-auth setup.",
+    )
+    gentoken.add_argument("--user", required=True, metavar="ID", help="the user id claim")
+    gentoken.add_argument("--ttl", default="1h", type=_argument_type(_parse_duration),
+                          metavar="DURATION", help="token lifetime (default: 1h)")  # fmt: skip
+    _add_external_auth_options(gentoken)
     _add_client_commands(commands)
     return parser
 
@@ -331,6 +391,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             failed_signins_per_identity=args.failed_signins_per_identity,
             failed_signins_per_address=args.failed_signins_per_address,
             failed_signin_window=args.failed_signin_window,
+            external=external_auth_from_args(args),
         ),
         retention=Retention(keep=args.retention, interval=args.prune_interval),
     )
@@ -390,8 +451,27 @@ def _run(coroutine: Any) -> Any:
         loop.close()
 
 
+def _run_gentoken(args: argparse.Namespace) -> int:
+    from .server.auth.external import mint
+
+    try:
+        print(mint(external_auth_from_args(args), args.user, ttl=args.ttl.total_seconds()))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("serve", "gentoken"):
+        try:
+            external_auth_from_args(args).check()
+        except ValueError as error:
+            parser.error(str(error))  # exits with 2 and the usage line
+    if args.command == "gentoken":
+        return _run_gentoken(args)
     if args.command == "serve":
         return _run_serve(args)
     if args.command in ("sub", "pub"):
