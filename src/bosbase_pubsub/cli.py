@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -410,6 +411,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         # The store cannot be opened or the address is taken: one clear line, no traceback.
         print(f"error: cannot start: {error}", file=sys.stderr)
         return 1
+    # Shut down cleanly; closing the loop gave the signals their default action back,
+    # and a repeated SIGTERM (a supervisor, or SIGINT then SIGTERM) must not turn the
+    # exit into a kill now.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 
