@@ -55,6 +55,11 @@ def _networks(text: str) -> str:
     return text
 
 
+def _workers(text: str) -> int:
+    """``auto`` (0: decided by the store in ``_run_serve``) or a number of processes."""
+    return 0 if text.strip().lower() == "auto" else _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -139,6 +144,10 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--http", default="127.0.0.1:8090", help="address to listen on",
             type=parse_address, metavar="HOST:PORT")  # fmt: skip
     _add_storage_options(parser)
+    _option(parser, "--workers", default="auto", type=_workers,
+            help="worker processes sharing the port, each a node of the cluster (needs"
+            " --db postgres://...); auto: one per CPU on PostgreSQL, 1 on SQLite",
+            metavar="N")  # fmt: skip
     _option(parser, "--sqlite-synchronous", default="normal", type=_sqlite_synchronous,
             help="normal: acked messages survive a crash of the process; full: also a"
             " power cut (fsync per commit, slower)", metavar="MODE")  # fmt: skip
@@ -361,6 +370,7 @@ def _add_client_commands(commands: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The ``ServerConfig`` that parsed ``serve`` arguments describe."""
     from .server.config import AuthSettings, Limits, Retention, ServerConfig
+    from .server.workers import default_workers
 
     host, port = args.http
     origins = tuple(o.strip().rstrip("/") for o in args.origins.split(",") if o.strip())
@@ -369,6 +379,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=port,
         data_dir=Path(args.dir),
         db_url=args.db or None,
+        workers=args.workers or default_workers(args.db or None),
         sqlite_synchronous=args.sqlite_synchronous,
         heartbeat=args.heartbeat.total_seconds(),
         shutdown_timeout=args.shutdown_timeout.total_seconds(),
@@ -398,15 +409,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def _run_serve(args: argparse.Namespace) -> int:
+def _run_serve(args: argparse.Namespace, serve_argv: Sequence[str]) -> int:
     from .server.app import serve
     from .server.logs import configure_logging
     from .server.storage import StoreError
+    from .server.workers import Supervisor, WorkerRole
 
     config = config_from_args(args)
-    configure_logging(config.log_format, config.log_level)
+    role = WorkerRole.from_environment()
+    configure_logging(
+        config.log_format, config.log_level, worker=None if role is None else role.index
+    )
+    if role is None and config.workers > 1:
+        return int(_run(Supervisor(config, config.workers, serve_argv).run()))
     try:
-        _run(serve(config))
+        _run(serve(config, worker=role))
     except (StoreError, OSError) as error:
         # The store cannot be opened or the address is taken: one clear line, no traceback.
         print(f"error: cannot start: {error}", file=sys.stderr)
@@ -469,16 +486,22 @@ def _run_gentoken(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command in ("serve", "gentoken"):
         try:
             external_auth_from_args(args).check()
+            if args.command == "serve" and args.workers:
+                from .server.workers import check_workers
+
+                check_workers(args.workers, args.db or None)
         except ValueError as error:
             parser.error(str(error))  # exits with 2 and the usage line
     if args.command == "gentoken":
         return _run_gentoken(args)
     if args.command == "serve":
-        return _run_serve(args)
+        # What a worker is started with: the same options (the supervisor adds its own).
+        return _run_serve(args, argv[argv.index("serve") + 1 :])
     if args.command in ("sub", "pub"):
         from .client._cli import run
 

@@ -154,6 +154,8 @@ class ServerConfig:
     data_dir: Path = Path("pb_data")
     db_url: str | None = None
     """``None`` means the embedded SQLite file ``data_dir/data.db``."""
+    workers: int = 1
+    """Processes serving the port (``serve --workers``; more than 1 needs PostgreSQL)."""
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     """SQLite's ``synchronous`` pragma in WAL mode. ``normal`` (PocketBase's
     choice): a commit reaches the operating system before its ack, so acked
