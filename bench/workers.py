@@ -60,6 +60,10 @@ class WorkersServer(Server):
         super().__init__(SERVER_KINDS["bosbase"], opts, workdir)
         self.workers = workers
 
+    def __enter__(self) -> WorkersServer:
+        super().__enter__()
+        return self
+
     def argv(self) -> list[str]:
         assert self.opts.db_url is not None
         return [*super().argv(), "--db", self.opts.db_url, "--workers", str(self.workers)]
