@@ -8,8 +8,9 @@ pinned: the workers are there to use every core) and the C load generator with
 sending a ``publish`` and waiting for its ack (stored) before the next. Reported:
 acked publishes/s (the load generator's count) and deliveries/s (the growth of
 ``pubsub_messages_delivered_total`` summed over the workers, read from ``/metrics``
-around the measured window), with CPU of the whole process tree. Runs alternate
-1, 2, 1, 2... so that both see the same machine; the table shows medians and the
+around the measured window), with the CPU of the server's process tree and of the
+whole machine (PostgreSQL included). Runs alternate 1, 2, 1, 2... so that both see
+the same machine; the table shows medians and the
 ratio of 2 workers over 1. PostgreSQL and the load generator share the machine:
 say so when reading the figures.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -97,6 +99,14 @@ class WorkersServer(Server):
         )
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (``/proc/stat``): PostgreSQL included."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 async def _database(admin_url: str, create: bool, name: str) -> None:
     connection = await asyncpg.connect(admin_url)
     try:
@@ -122,10 +132,10 @@ def run_once(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
             lg.expect("ready", 180)
             lg.send(f"acked {args.concurrency} {args.warmup}")
             lg.expect("acked", args.warmup + 60)
-            s0, d0 = Snapshot.take(server, lg), server.delivered()
+            s0, d0, b0 = Snapshot.take(server, lg), server.delivered(), machine_busy_seconds()
             lg.send(f"acked {args.concurrency} {args.duration}")
             res = lg.expect("acked", args.duration + 60)
-            s1, d1 = Snapshot.take(server, lg), server.delivered()
+            s1, d1, b1 = Snapshot.take(server, lg), server.delivered(), machine_busy_seconds()
         wall = s1.wall - s0.wall
         return {
             "workers": workers,
@@ -135,12 +145,21 @@ def run_once(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
             "p99_ms": res["latency"]["p99_ms"] if res["latency"]["count"] else None,
             "server_util": (s1.server_cpu - s0.server_cpu) / wall,
             "loadgen_util": (s1.loadgen_cpu - s0.loadgen_cpu) / wall,
+            "machine_util": (b1 - b0) / wall,
         }
     finally:
         asyncio.run(_database(args.pg, False, name))
 
 
-METRICS = ("acks_per_s", "deliveries_per_s", "p99_ms", "errors", "server_util", "loadgen_util")
+METRICS = (
+    "acks_per_s",
+    "deliveries_per_s",
+    "p99_ms",
+    "errors",
+    "server_util",
+    "loadgen_util",
+    "machine_util",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                      fmt(m["deliveries_per_s"]),
                      ratio(m["deliveries_per_s"], base["deliveries_per_s"]),
                      fmt(m["p99_ms"], ".1f"), fmt(m["errors"]), fmt(m["server_util"], ".2f"),
-                     fmt(m["loadgen_util"], ".2f")])  # fmt: skip
+                     fmt(m["loadgen_util"], ".2f"), fmt(m["machine_util"], ".2f")])  # fmt: skip
     print_table(
         ["workers", "acked/s", "x", "deliveries/s", "x", "ack p99 ms", "errors", "server cores",
-         "loadgen cores"],
+         "loadgen cores", "machine cores"],
         rows,
     )  # fmt: skip
     payload: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"out": None},
