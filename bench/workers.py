@@ -151,6 +151,59 @@ def run_once(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
         asyncio.run(_database(args.pg, False, name))
 
 
+def run_fanout(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
+    """The highest of ``--fanout-rates`` (msg/s from one publisher to every subscriber)
+    that ``workers`` keep up with: every delivery made, none lost, p99 under 50 ms."""
+    from .fanout import run_step, summary
+
+    name = f"bench_workers_{secrets.token_hex(4)}"
+    asyncio.run(_database(args.pg, True, name))
+    db_url = args.pg.rsplit("/", 1)[0] + "/" + name
+    steps: list[Json] = []
+    try:
+        opts = ServerOptions(cpu=None, db_url=db_url)
+        lg_opts = LoadgenOptions(cpu=None, payload=args.payload)
+        with (
+            WorkersServer(opts, workdir, workers) as server,
+            LoadGen(server, args.subscribers, 1, lg_opts) as lg,
+        ):
+            lg.expect("ready", 180)
+            for rate in args.fanout_rates:
+                b0 = machine_busy_seconds()
+                s = summary(run_step(lg, server, rate, args.duration, 10.0))
+                s["machine_util"] = (machine_busy_seconds() - b0) / (args.duration + 1e-9)
+                steps.append(s)
+                kept_up = _kept_up(s)
+                print(f"    workers={workers} {rate:g} msg/s: {fmt(s['deliveries_per_s'])}"
+                      f" deliveries/s, lost {s['lost']}, p99 {fmt(s['p99_ms'], '.1f')} ms,"
+                      f" server {fmt(s['server_util'], '.2f')} cores"
+                      f"{'' if kept_up else '  (behind)'}", file=sys.stderr)  # fmt: skip
+                if not kept_up:
+                    break
+    finally:
+        asyncio.run(_database(args.pg, False, name))
+    kept = [s for s in steps if _kept_up(s)]
+    best = kept[-1] if kept else None
+    return {
+        "workers": workers,
+        "max_rate": best["rate"] if best else 0.0,
+        "deliveries_per_s": best["deliveries_per_s"] if best else 0.0,
+        "p99_ms": best["p99_ms"] if best else None,
+        "server_util": best["server_util"] if best else None,
+        "machine_util": best["machine_util"] if best else None,
+        "steps": steps,
+    }
+
+
+def _kept_up(s: Json) -> bool:
+    return bool(
+        s["lost"] == 0
+        and s["deliveries_per_s"] >= 0.97 * s["offered_deliveries_per_s"]
+        and (s["p99_ms"] or 0) <= 50
+    )
+
+
+FANOUT_METRICS = ("max_rate", "deliveries_per_s", "p99_ms", "server_util", "machine_util")
 METRICS = (
     "acks_per_s",
     "deliveries_per_s",
@@ -172,8 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--payload", type=int, default=64)
+    p.add_argument("--mode", choices=("acked", "fanout"), default="acked",
+                   help="acked: publishers await acks; fanout: highest rate kept up")  # fmt: skip
+    p.add_argument("--fanout-rates", default="500,1000,1500,2000,3000,4000,6000",
+                   help="msg/s steps of --mode fanout")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    args.fanout_rates = [float(x) for x in args.fanout_rates.split(",") if x.strip()]
+    if args.mode == "fanout":
+        return _main_fanout(args, [int(x) for x in args.workers.split(",") if x.strip()])
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
     if not (1 <= args.repeat <= 20 and 0 < args.duration <= 600 and counts):
         p.error("out of range: --repeat 1..20, --duration 0..600")
@@ -203,6 +263,32 @@ def main(argv: list[str] | None = None) -> int:
     payload: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"out": None},
                                "runs": runs, "median": medians}  # fmt: skip
     out = write_result("workers", json.loads(json.dumps(payload, default=str)), args.out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _main_fanout(args: argparse.Namespace, counts: list[int]) -> int:
+    runs: dict[int, list[Json]] = {n: [] for n in counts}
+    with managed():
+        prepare([SERVER_KINDS["bosbase"]])
+        workdir = Path(tempfile.mkdtemp(prefix="bench-workers-"))
+        for i in range(args.repeat):
+            for n in counts:
+                print(f"[workers={n}] fanout run {i + 1}/{args.repeat}", file=sys.stderr)
+                runs[n].append(run_fanout(n, args, workdir))
+    medians = {n: {m: median([r[m] for r in runs[n]]) for m in FANOUT_METRICS} for n in counts}
+    base = medians[counts[0]]
+    rows = [
+        [str(n), fmt(m["max_rate"]), fmt(m["deliveries_per_s"]),
+         ratio(m["deliveries_per_s"], base["deliveries_per_s"]), fmt(m["p99_ms"], ".1f"),
+         fmt(m["server_util"], ".2f"), fmt(m["machine_util"], ".2f")]
+        for n, m in medians.items()
+    ]  # fmt: skip
+    print_table(["workers", "max msg/s", "deliveries/s", "x", "p99 ms", "server cores",
+                 "machine cores"], rows)  # fmt: skip
+    payload: dict[str, Any] = {"machine": machine_info(), "args": vars(args) | {"out": None},
+                               "runs": runs, "median": medians}  # fmt: skip
+    out = write_result("workers-fanout", json.loads(json.dumps(payload, default=str)), args.out)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
