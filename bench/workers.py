@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,17 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """The URL of a new database on ``admin_url``'s server, dropped afterwards."""
+    name = f"bench_workers_{secrets.token_hex(4)}"
+    asyncio.run(_database(admin_url, True, name))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(_database(admin_url, False, name))
+
+
 async def _database(admin_url: str, create: bool, name: str) -> None:
     connection = await asyncpg.connect(admin_url)
     try:
@@ -119,10 +132,7 @@ async def _database(admin_url: str, create: bool, name: str) -> None:
 
 
 def run_once(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
-    name = f"bench_workers_{secrets.token_hex(4)}"
-    asyncio.run(_database(args.pg, True, name))
-    db_url = args.pg.rsplit("/", 1)[0] + "/" + name
-    try:
+    with fresh_database(args.pg) as db_url:
         opts = ServerOptions(cpu=None, db_url=db_url)
         lg_opts = LoadgenOptions(cpu=None, payload=args.payload)
         with (
@@ -147,8 +157,6 @@ def run_once(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
             "loadgen_util": (s1.loadgen_cpu - s0.loadgen_cpu) / wall,
             "machine_util": (b1 - b0) / wall,
         }
-    finally:
-        asyncio.run(_database(args.pg, False, name))
 
 
 def run_fanout(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
@@ -156,11 +164,8 @@ def run_fanout(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
     that ``workers`` keep up with: every delivery made, none lost, p99 under 50 ms."""
     from .fanout import run_step, summary
 
-    name = f"bench_workers_{secrets.token_hex(4)}"
-    asyncio.run(_database(args.pg, True, name))
-    db_url = args.pg.rsplit("/", 1)[0] + "/" + name
     steps: list[Json] = []
-    try:
+    with fresh_database(args.pg) as db_url:
         opts = ServerOptions(cpu=None, db_url=db_url)
         lg_opts = LoadgenOptions(cpu=None, payload=args.payload)
         with (
@@ -180,8 +185,6 @@ def run_fanout(workers: int, args: argparse.Namespace, workdir: Path) -> Json:
                       f"{'' if kept_up else '  (behind)'}", file=sys.stderr)  # fmt: skip
                 if not kept_up:
                     break
-    finally:
-        asyncio.run(_database(args.pg, False, name))
     kept = [s for s in steps if _kept_up(s)]
     best = kept[-1] if kept else None
     return {
