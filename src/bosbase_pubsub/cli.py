@@ -320,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                           metavar="DURATION", help="token lifetime (default: 1h)")  # fmt: skip
     _add_external_auth_options(gentoken)
     _add_client_commands(commands)
+    _add_bench_command(commands)
     return parser
 
 
@@ -365,6 +366,115 @@ def _add_client_commands(commands: Any) -> None:
     pub.add_argument("data", nargs="?", default=None, metavar="JSON",
                      help='the message, e.g. \'{"text": "hi"}\' (default: read stdin)')  # fmt: skip
     connection_options(pub)
+
+
+def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    """A ``type`` that also keeps the value within ``[low, high]``."""
+
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    return convert
+
+
+def _add_bench_command(commands: Any) -> None:
+    """``bench``: load a running server and report (see ``benchmark``)."""
+    from .benchmark import MAX_CONNECTIONS, MAX_DURATION, MAX_MESSAGES
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark a running server (fan-out or acked publishes)",
+        description="Load a running server from this machine and report deliveries/s, acked"
+        " publishes/s, latency percentiles, lost messages and errors. Signs in with --token"
+        " or --email/--password, else creates a throwaway users account by sign-up."
+        " Exit status: 0, 1 (could not run), 3 (messages lost or errors).",
+    )
+    _option(bench, "--url", default="http://127.0.0.1:8090", help="the server", metavar="URL")
+    _option(bench, "--token", default="", help="auth token to publish with", metavar="TOKEN")
+    _option(
+        bench,
+        "--email",
+        default="",
+        help="sign in with this email (with --password)",
+        metavar="EMAIL",
+    )
+    _option(bench, "--password", default="", help="password for --email", metavar="PASSWORD")
+    _option(
+        bench, "--collection", default="users", help="auth collection for --email", metavar="NAME"
+    )
+    add = bench.add_argument
+    add(
+        "--mode",
+        choices=("fanout", "publish"),
+        default="fanout",
+        help="fanout: paced publishes to many subscribers; publish: each publisher waits"
+        " for its ack before the next (default: fanout)",
+    )
+    add(
+        "--subscribers",
+        type=_argument_type(_bounded(int, 0, MAX_CONNECTIONS)),
+        default=None,
+        metavar="N",
+        help="subscriber connections (default: 100 in fanout, 0 in publish)",
+    )
+    add(
+        "--publishers",
+        type=_argument_type(_bounded(int, 1, MAX_CONNECTIONS)),
+        default=1,
+        metavar="N",
+        help="publisher connections (default: 1)",
+    )
+    add(
+        "--rate",
+        type=_argument_type(_bounded(float, 0.1, 1e7)),
+        default=1000.0,
+        metavar="N",
+        help="fanout: messages per second, all publishers (default: 1000)",
+    )
+    add(
+        "--duration",
+        type=_argument_type(_bounded(float, 0.1, MAX_DURATION)),
+        default=10.0,
+        metavar="SECONDS",
+        help="publishing time (default: 10, at most 600)",
+    )
+    add(
+        "--payload",
+        type=_argument_type(_bounded(int, 0, 200_000)),
+        default=64,
+        metavar="BYTES",
+        help="padding in each message's data (default: 64)",
+    )
+    add("--topic", default="", metavar="TOPIC", help="topic (default: a fresh bench/...)")
+    add(
+        "--max-messages",
+        type=_argument_type(_bounded(int, 1, MAX_MESSAGES)),
+        default=1_000_000,
+        metavar="N",
+        help="stop after N publishes (default: 1000000)",
+    )
+    add(
+        "--drain",
+        type=_argument_type(_bounded(float, 0.1, 120)),
+        default=10.0,
+        metavar="SECONDS",
+        help="wait at most this long for the last acks and deliveries",
+    )
+    add("--json", default="", metavar="PATH", help="write the result document here")
+    add(
+        "--plot",
+        default="",
+        metavar="PATH",
+        help="write a PNG (throughput timeline, latency histogram; needs the [bench] extra)",
+    )
+    add(
+        "--allow-remote",
+        action="store_true",
+        help="benchmark a server that is not on this machine's loopback",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -502,6 +612,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         # What a worker is started with: the same options (the supervisor adds its own).
         return _run_serve(args, argv[argv.index("serve") + 1 :])
+    if args.command == "bench":
+        from .benchmark import main as bench
+
+        if args.subscribers is not None and args.subscribers + args.publishers > 10_000:
+            parser.error("--subscribers and --publishers: at most 10000 connections in all")
+        return bench(args)
     if args.command in ("sub", "pub"):
         from .client._cli import run
 
