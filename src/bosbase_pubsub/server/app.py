@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from .. import protocol
+from .admin import TopicActivity, add_console
 from .auth import Authenticator, add_routes
 from .cluster import Follower, Sequencer
 from .commits import CommitQueue
@@ -57,6 +58,8 @@ class Node:
     node_id: str
     follower: Follower | None = None
     """Delivers other nodes' messages; ``None`` when only this node uses the store."""
+    address: str = ""
+    """``host:port`` the node listens on, once it does."""
 
 
 NODE = web.AppKey("node", Node)
@@ -70,13 +73,14 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
     metrics = Metrics()
     hub = Hub(metrics, outbound_buffer_bytes=config.limits.outbound_buffer_bytes)
     node_id = new_id()
+    activity = TopicActivity(hub)  # counts each topic's messages for the console
     feed = store.feed(skip_origin=node_id)
     follower = None
     if feed is None:
-        commits = CommitQueue(store, hub, metrics)
+        commits = CommitQueue(store, activity, metrics)
     else:
         # Own batches and the other nodes' rows reach the hub in seq order.
-        sequencer = Sequencer(hub, node_id)
+        sequencer = Sequencer(activity, node_id)
         commits = CommitQueue(store, sequencer, metrics)
         sequencer.commits = commits
         follower = Follower(feed, sequencer, node_id=node_id)
@@ -109,6 +113,7 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
     app.router.add_get("/metrics", metrics_route)
     add_routes(app, authenticator)
     app.cleanup_ctx.append(_lifecycle)
+    add_console(app, node, activity=activity, publish=http_publish)  # after: needs the store
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -265,6 +270,8 @@ async def serve(config: ServerConfig) -> None:
         await site.start()
         for host, port, *_ in runner.addresses:
             log.info("serving on http://%s:%d (WebSocket: /api/pubsub)", host, port)
+            app[NODE].address = app[NODE].address or f"{host}:{port}"
+        log.info("operator console on %s/_/", f"http://{app[NODE].address}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
