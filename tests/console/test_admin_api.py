@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import aiohttp
 
-from ..conftest import BOTH_BACKENDS
+from ..conftest import (
+    BOTH_BACKENDS,
+    SUPERUSER_EMAIL,
+    SUPERUSER_PASSWORD,
+    StartServer,
+    make_superuser,
+)
 from ..servers import ServerProcess, WsClient, sign_in
 
 ROUTES = [
@@ -232,3 +239,29 @@ async def test_the_console_is_served_with_caching_and_a_strict_policy(
             assert response.content_type == "text/javascript"
         async with session.get(shared_server.url + "/_/nothing.js") as response:
             assert response.status == 404
+
+
+async def test_every_node_of_a_cluster_is_listed_with_its_connections(
+    start_server: StartServer, pg_database: str
+) -> None:
+    first = start_server(db_url=pg_database)
+    make_superuser(first.data_dir, pg_database)
+    second = start_server(db_url=pg_database)
+    token = (await sign_in(first.url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))["token"]
+    client = await WsClient.connect(second.ws_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:  # each node reports itself every 2 seconds
+            _, overview = await call(first, "GET", "/api/admin/overview", token)
+            nodes = {node["address"]: node for node in overview["nodes"]}
+            other = nodes.get(second.url.removeprefix("http://"), {})
+            if other.get("connections") == 1 and other.get("feedLag") is not None:
+                break
+            assert asyncio.get_running_loop().time() < deadline, overview["nodes"]
+            await asyncio.sleep(0.2)
+    finally:
+        await client.close()
+    assert len(nodes) == 2
+    assert nodes[first.url.removeprefix("http://")]["id"] == overview["node"]
+    assert other["feedLag"] == 0  # it has read every stored message
+    assert overview["connections"]["anonymous"] >= 1
