@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import expect, sync_playwright
 
 from bosbase_pubsub import AuthStore, BosBase
 
@@ -110,9 +110,8 @@ def main() -> None:
                 page.fill("#search-topic", TOPICS[0])
                 page.click("#search-form button[type=submit]")
                 page.locator("#messages tbody tr").nth(2).click()
-                page.wait_for_function(
-                    "document.querySelector('#message-json').textContent.includes('position')"
-                )
+                # (not wait_for_function: the console's CSP forbids evaluating strings)
+                expect(page.locator("#message-json")).to_contain_text('"position"')
                 page.screenshot(path=str(IMAGES / "console-inspector.png"))
                 browser.close()
         finally:
