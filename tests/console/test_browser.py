@@ -70,6 +70,21 @@ def signed_in(page: Page, server: ServerProcess) -> Page:
     return page
 
 
+def settled_count(page: Page, selector: str) -> int:
+    """The number shown at ``selector`` once two overview events agree on it.
+
+    The shared server may still be closing the sockets of earlier tests.
+    """
+    seen = None
+    for _ in range(10):
+        count = int(page.locator(selector).inner_text().replace(",", ""))
+        if count == seen:
+            return count
+        seen = count
+        page.wait_for_timeout(1100)  # the overview comes every second
+    raise AssertionError(f"{selector} never settled")
+
+
 def admin(server: ServerProcess, token: str, method: str, path: str, body: Any = None) -> Any:
     response = httpx.request(
         method, server.url + path, json=body, headers={"Authorization": token}, timeout=10
@@ -82,7 +97,7 @@ def test_sign_in_then_see_a_connection_appear(page: Page, shared_server: ServerP
     signed_in(page, shared_server)
     anonymous = page.locator("#conn-anon")
     expect(anonymous).not_to_have_text("–")
-    before = int(anonymous.inner_text().replace(",", ""))
+    before = settled_count(page, "#conn-anon")
     with connect(shared_server.ws_url) as socket:
         assert json.loads(socket.recv(timeout=5))["type"] == "ready"
         expect(anonymous).to_have_text(str(before + 1))  # live: no reload
