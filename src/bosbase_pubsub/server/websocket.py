@@ -1,7 +1,10 @@
 """The ``/api/pubsub`` WebSocket endpoint: one ``Connection`` per socket.
 
-The identity is read once, at the handshake (see ``auth``); a token's expiry
-is still enforced on every publish. Requests are parsed by the pure
+The identity is read at the handshake (see ``auth``) and replaced by an
+``auth`` frame (ours: a fresh token on the open socket, so a long-lived
+connection outlives its token); a token's expiry is enforced on every
+publish. The frames after an ``auth`` are read only once its token is
+checked, so they act with the identity it gives. Requests are parsed by the pure
 ``protocol`` module; this module applies the node's limits, talks to the hub
 and the commit queue, and writes replies.
 
@@ -26,7 +29,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import cast
+from collections.abc import Coroutine
+from typing import Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -251,7 +255,10 @@ class Connection:
             msg = await ws.receive()
             self.heard = True
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                self.handle_frame(msg.data)
+                token_check = self.handle_frame(msg.data)
+                if token_check is not None:
+                    # Frames after an ``auth`` act with the identity it gives: read on after it.
+                    await token_check
             elif msg.type is WSMsgType.PING:
                 with contextlib.suppress(ConnectionError):  # closing meanwhile: nothing to answer
                     await ws.pong(msg.data)
@@ -265,7 +272,8 @@ class Connection:
             else:  # CLOSE, CLOSING, CLOSED
                 return
 
-    def handle_frame(self, frame: str | bytes) -> None:
+    def handle_frame(self, frame: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """Act on one frame; an ``auth`` returns its token check, for ``serve`` to await."""
         request = protocol.parse_request(frame)
         if isinstance(request, protocol.Publish):
             self.publish(request)
@@ -279,8 +287,42 @@ class Connection:
             self.reply(protocol.unsubscribed_frame(request.request_id))
         elif isinstance(request, protocol.Ping):
             self.reply(protocol.pong_frame(request.request_id))
+        elif isinstance(request, protocol.Auth):
+            return self.authenticate(request)
         else:
             self.reply(protocol.error_frame(request.request_id, request.message))
+        return None
+
+    async def authenticate(self, request: protocol.Auth) -> None:
+        """Replace the connection's identity by the one ``request.token`` proves.
+
+        A token that proves nothing (or cannot be checked now) is refused with
+        an error and changes nothing: a client refreshing ahead of expiry
+        keeps what it had. An empty token signs the connection out.
+        """
+        identity: Identity | None = None
+        if request.token:
+            try:
+                identity = await self.endpoint.authenticator.verify_token(
+                    request.token, source="message"
+                )
+            except StoreError as error:
+                log.warning("store unavailable to check a token: %s", error)
+                self.reply(protocol.error_frame(request.request_id, protocol.ERR_TOKEN_UNCHECKED))
+                return
+            if identity is None or identity.expires_at <= time.time():
+                self.reply(protocol.error_frame(request.request_id, protocol.ERR_TOKEN_INVALID))
+                return
+        self.identity = identity
+        self.endpoint.metrics.token_renewals += 1
+        self.reply(
+            protocol.authenticated_frame(
+                request.request_id,
+                None if identity is None else identity.collection_name,
+                None if identity is None else identity.record_id,
+                None if identity is None else identity.expires_at,
+            )
+        )
 
     def reply(self, frame: bytes) -> None:
         self.subscriber.send(frame)
