@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from .. import protocol
+from .admin import TopicActivity, add_console
 from .auth import Authenticator, add_routes
 from .cluster import Follower, Sequencer
 from .commits import CommitQueue
@@ -61,6 +62,8 @@ class Node:
     """Delivers other nodes' messages; ``None`` when only this node uses the store."""
     worker: WorkerRole | None = None
     """This process's place under ``serve --workers``; ``None`` for a lone process."""
+    address: str = ""
+    """``host:port`` the node listens on, once it does."""
 
 
 NODE = web.AppKey("node", Node)
@@ -76,13 +79,14 @@ def build_app(
     metrics = Metrics()
     hub = Hub(metrics, outbound_buffer_bytes=config.limits.outbound_buffer_bytes)
     node_id = new_id()
+    activity = TopicActivity(hub)  # counts each topic's messages for the console
     feed = store.feed(skip_origin=node_id)
     follower = None
     if feed is None:
-        commits = CommitQueue(store, hub, metrics)
+        commits = CommitQueue(store, activity, metrics)
     else:
         # Own batches and the other nodes' rows reach the hub in seq order.
-        sequencer = Sequencer(hub, node_id)
+        sequencer = Sequencer(activity, node_id)
         commits = CommitQueue(store, sequencer, metrics)
         sequencer.commits = commits
         follower = Follower(feed, sequencer, node_id=node_id)
@@ -117,6 +121,7 @@ def build_app(
     app.router.add_get("/metrics", metrics_route)
     add_routes(app, authenticator)
     app.cleanup_ctx.append(_lifecycle)
+    add_console(app, node, activity=activity, publish=http_publish)  # after: needs the store
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -289,6 +294,8 @@ async def serve(config: ServerConfig, *, worker: WorkerRole | None = None) -> No
     internal: web.AppRunner | None = None
     try:
         await site.start()
+        for host, port, *_ in runner.addresses:
+            app[NODE].address = app[NODE].address or f"{host}:{port}"  # for the console
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -296,6 +303,7 @@ async def serve(config: ServerConfig, *, worker: WorkerRole | None = None) -> No
         if worker is None:
             for host, port, *_ in runner.addresses:
                 log.info("serving on http://%s:%d (WebSocket: /api/pubsub)", host, port)
+            log.info("operator console on http://%s/_/", app[NODE].address)
         else:
             internal = await _serve_own_metrics(app, worker)
             worker.watch_lifeline(loop, stop.set)

@@ -160,6 +160,10 @@ class PubSubEndpoint:
                 del self._per_address[peer]
         return ws
 
+    def identities(self) -> list[Identity | None]:
+        """The identity of every open connection (``None``: anonymous), for the console."""
+        return [connection.identity for connection in self._connections]
+
     async def _beat(self) -> None:
         """Ping the connections that went quiet, drop those that stayed quiet (see the module)."""
         while True:
