@@ -186,6 +186,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             metavar="SIZE")  # fmt: skip
     _option(parser, "--max-connections-per-address", default="1000", type=_positive_int,
             help="concurrent WebSocket connections per client address", metavar="N")  # fmt: skip
+    _option(parser, "--rules", default="",
+            help="TOML file of topic rules: who may subscribe and publish where (empty:"
+            " anyone subscribes, any signed-in identity publishes)", metavar="FILE")  # fmt: skip
     _option(parser, "--trusted-proxies", default="", type=_networks,
             help="comma-separated networks (CIDRs) of reverse proxies whose X-Forwarded-For"
             " names the client, for the per-address limits; empty: the header is ignored",
@@ -496,6 +499,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_format=args.log_format,
         log_level=args.log_level,
         trusted_proxies=args.trusted_proxies,
+        rules_file=Path(args.rules) if args.rules else None,
         limits=Limits(
             max_topic_length=args.max_topic_length,
             max_subscriptions=args.max_subscriptions,
@@ -605,6 +609,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .server.workers import check_workers
 
                 check_workers(args.workers, args.db or None)
+            if args.command == "serve" and args.rules:
+                from .server.rules import load_rules
+
+                load_rules(Path(args.rules))  # a bad file stops the start here, named
         except ValueError as error:
             parser.error(str(error))  # exits with 2 and the usage line
     if args.command == "gentoken":

@@ -306,6 +306,11 @@ def authenticated_frame(
     )
 
 
+def topic_error_frame(topic: str, message: str) -> bytes:
+    """Ours: a subscription ended by the server (no request asked for it)."""
+    return _reply({"type": "error", "topic": topic, "message": message})
+
+
 def error_frame(request_id: str, message: str) -> bytes:
     return _reply({"type": "error", "requestId": request_id, "message": message})
 

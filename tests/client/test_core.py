@@ -600,6 +600,25 @@ def test_a_refused_auth_frame_hands_the_token_over_with_a_reconnect(
         assert [f["type"] for f in sent(core)] == ["auth"]
 
 
+def test_a_subscription_the_server_withdraws_is_lost_with_its_listeners() -> None:
+    core = make_core(token="t")
+    listener, _ = core.subscribe("inbox", "h", 0.0)
+    ack_subscribes(core, connect_to_ours(core))
+    core.events_received()
+    core.receive(frame(type="error", topic="inbox", message="forbidden by the topic rules"), 1.0)
+    [lost] = of_type(core.events_received(), SubscriptionLost)
+    assert lost.topic == "inbox"
+    assert str(lost.error) == "forbidden by the topic rules"
+    assert core.topics == []
+    assert not listener.active
+    # A later message on it is not delivered; another error without a topic is a notice.
+    core.receive(frame(type="message", topic="inbox", id="m", data=1), 1.1)
+    core.receive(frame(type="error", message="something else"), 1.2)
+    events = core.events_received()
+    assert of_type(events, Deliver) == []
+    assert of_type(events, ServerNotice) == [ServerNotice("something else")]
+
+
 def test_a_token_change_while_connecting_reconnects_at_ready() -> None:
     core = make_core(token="old")
     core.subscribe("t", "h", 0.0)

@@ -672,6 +672,15 @@ class PubSubCore:
         request_id = envelope.get("requestId")
         request = self._requests.get(request_id) if isinstance(request_id, str) else None
         if request is None:
+            topic = envelope.get("topic")
+            entry = self._topics.get(topic) if type(topic) is str and not request_id else None
+            if entry is not None:
+                # Ours: the server withdrew the subscription (the topic rules no
+                # longer allow it after a token change); it is gone there already.
+                del self._topics[entry.name]
+                self._forget_topic(entry)
+                self._events.append(SubscriptionLost(entry.name, server_error(message)))
+                return
             self._events.append(ServerNotice(message))
             return
         self._finish(request)

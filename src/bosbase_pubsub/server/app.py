@@ -33,6 +33,7 @@ from .ids import new_id, now_created
 from .metrics import FeedGauges, Metrics
 from .proxies import TrustedProxies, parse_networks
 from .retention import run_retention
+from .rules import ERR_FORBIDDEN, load_rules
 from .storage import Message, Store, StoreError, open_store
 from .websocket import PubSubEndpoint
 from .workers import WorkerRole
@@ -100,6 +101,7 @@ def build_app(
         limits=config.limits,
         node_id=node_id,
         heartbeat=config.heartbeat,
+        rules=load_rules(config.rules_file),
     )
     node = Node(
         config, store, metrics, hub, commits, authenticator, endpoint, node_id, follower, worker
@@ -233,6 +235,8 @@ async def http_publish(request: web.Request) -> web.Response:
     limits = node.config.limits
     if len(topic) > limits.max_topic_length:
         return api_error(400, f"topic is too long (at most {limits.max_topic_length} characters)")
+    if not node.endpoint.rules.may_publish(identity, topic):
+        return api_error(403, ERR_FORBIDDEN)
     key = envelope.get("key")
     if key is not None and not isinstance(key, str):
         return api_error(400, protocol.ERR_INVALID_FORMAT)

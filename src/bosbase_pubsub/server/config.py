@@ -165,6 +165,8 @@ class ServerConfig:
     """Seconds between WebSocket pings; a peer that does not answer in half of it is dropped."""
     shutdown_timeout: float = 10.0
     """Seconds a graceful shutdown waits for acked commits and closing sockets."""
+    rules_file: Path | None = None
+    """The topic rules (``rules``); ``None``: anyone subscribes, any identity publishes."""
     trusted_proxies: str = ""
     """Comma-separated networks (CIDRs) of reverse proxies whose ``X-Forwarded-For``
     names the client (see ``proxies``); empty: the header is ignored."""

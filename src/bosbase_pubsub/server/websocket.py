@@ -42,6 +42,7 @@ from .hub import PING_FRAME, Hub, Subscriber
 from .ids import new_id, now_created
 from .metrics import Metrics
 from .resume import catch_up
+from .rules import ERR_FORBIDDEN, Rules
 from .storage import Message, Store, StoreError
 
 log = logging.getLogger("bosbase_pubsub.websocket")
@@ -100,8 +101,10 @@ class PubSubEndpoint:
         limits: Limits,
         node_id: str,
         heartbeat: float,
+        rules: Rules | None = None,
     ) -> None:
         self.hub = hub
+        self.rules = rules or Rules.default()
         self.store = store
         self.commits = commits
         self.authenticator = authenticator
@@ -174,7 +177,12 @@ class PubSubEndpoint:
                 log.exception("heartbeat round failed")
 
     def _look_at_connections(self) -> None:
+        now = time.time()
         for connection in list(self._connections):
+            identity = connection.identity
+            if identity is not None and identity.expires_at <= now:
+                connection.identity = None  # expired: what it opened is checked again
+                connection.recheck_subscriptions()
             subscriber = connection.subscriber
             if connection.heard:
                 connection.heard = connection.pinged = False
@@ -315,6 +323,7 @@ class Connection:
                 return
         self.identity = identity
         self.endpoint.metrics.token_renewals += 1
+        self.recheck_subscriptions()
         self.reply(
             protocol.authenticated_frame(
                 request.request_id,
@@ -336,6 +345,9 @@ class Connection:
         topics = self.subscriber.topics
         if topic not in topics and len(topics) >= limits.max_subscriptions:
             self.reply(protocol.error_frame(request.request_id, err_too_many_subscriptions(limits)))
+            return
+        if not self.endpoint.rules.may_subscribe(self.identity, topic):
+            self.reply(protocol.error_frame(request.request_id, ERR_FORBIDDEN))
             return
         hub = self.endpoint.hub
         resume = protocol.parse_position(request.since) if request.since else None
@@ -370,6 +382,21 @@ class Connection:
         self.replays[topic] = task
         task.add_done_callback(lambda done: self._replay_done(topic, done))
 
+    def recheck_subscriptions(self) -> None:
+        """After an identity change: leave each topic the rules no longer allow, and say so.
+
+        The notice is ``{"type": "error", "topic": ..., "message": ERR_FORBIDDEN}``
+        (no ``requestId``: nothing asked for it); the connection stays open.
+        """
+        rules = self.endpoint.rules
+        if rules.is_default:
+            return
+        for topic in list(self.subscriber.topics):
+            if not rules.may_subscribe(self.identity, topic):
+                self.stop_replays(topic)
+                self.endpoint.hub.unsubscribe(self.subscriber, [topic])
+                self.reply(protocol.topic_error_frame(topic, ERR_FORBIDDEN))
+
     def _replay_done(self, topic: str, task: asyncio.Task[None]) -> None:
         if self.replays.get(topic) is task:
             del self.replays[topic]
@@ -386,6 +413,9 @@ class Connection:
             return
         if len(request.topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request_id, err_topic_too_long(limits)))
+            return
+        if not endpoint.rules.may_publish(identity, request.topic):
+            self.reply(protocol.error_frame(request_id, ERR_FORBIDDEN))
             return
         if self.bucket is not None and not self.bucket.take():
             self.reply(protocol.error_frame(request_id, err_rate_limited(limits)))
