@@ -9,6 +9,7 @@ socket signing out loses the subscriptions it may no longer hold.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,25 @@ async def test_real_sockets_and_http_obey_the_rules(
     finally:
         for client in clients.values():
             await client.close()
+
+
+async def test_an_expired_token_loses_what_only_its_identity_could_hold(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES)
+    server = start_server("--rules", str(path), "--jwt-secret", SECRET, "--jwt-collection",
+                          "staff", "--heartbeat", "1s")  # fmt: skip
+    expires = int(time.time()) + 2
+    token = jwt.encode({"sub": "carol", "exp": expires}, SECRET, algorithm="HS256")
+    client = await WsClient.connect(server.ws_url, token=token)
+    try:
+        assert (await client.subscribe("staff/room"))["type"] == "subscribed"
+        assert (await client.subscribe("announcements"))["type"] == "subscribed"
+        notice = await asyncio.wait_for(client.unmatched.get(), 10)
+        assert notice == {"type": "error", "topic": "staff/room", "message": ERR_FORBIDDEN}
+        # What anyone may hold stays; the connection stays.
+        assert (await client.request("ping"))["type"] == "pong"
+        assert client.unmatched.empty()
+    finally:
+        await client.close()
