@@ -33,8 +33,8 @@ import orjson
 from aiohttp import web
 
 from ..auth import USERS, Authenticator, Identity, InvalidInputError, UnreadableBodyError
-from ..auth.accounts import change_password, create_account
-from ..auth.forms import REQUIRED, parse_new_account, parse_password_change
+from ..auth.accounts import change_password, create_from_form
+from ..auth.forms import REQUIRED, parse_password_change
 from ..auth.records import record_json
 from ..auth.routes import NOT_FOUND, REQUIRES_AUTH, SUPERUSERS_ONLY, read_body
 from ..errors import api_error, json_response
@@ -232,16 +232,8 @@ class AdminApi:
         try:
             body = await read_body(request)
             body.setdefault("passwordConfirm", body.get("password"))
-            account = parse_new_account(body, USERS, manager=True)
-            record = await create_account(
-                self._auth.accounts,
-                self._auth.hasher,
-                USERS,
-                email=account.email,
-                password=account.password,
-                name=account.name,
-                email_visibility=account.email_visibility,
-                verified=account.verified,
+            record = await create_from_form(
+                self._auth.accounts, self._auth.hasher, USERS, body, manager=True
             )
         except UnreadableBodyError:
             return api_error(400, "Failed to read the submitted data.")
