@@ -85,6 +85,9 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # One process per server unless a test asks for workers (``auto`` would
+        # start one per CPU on PostgreSQL); ``--workers`` in args wins over this.
+        env.setdefault("BOSBASE_PUBSUB_WORKERS", "1")
         self._serving.clear()
         self._process = subprocess.Popen(
             [

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .server.config import ServerConfig
+    from .server.config import ExternalAuth, ServerConfig
 
 ENV_PREFIX = "BOSBASE_PUBSUB_"
 
@@ -52,6 +53,11 @@ def _networks(text: str) -> str:
 
     parse_networks(text)
     return text
+
+
+def _workers(text: str) -> int:
+    """``auto`` (0: decided by the store in ``_run_serve``) or a number of processes."""
+    return 0 if text.strip().lower() == "auto" else _positive_int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -138,6 +144,10 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--http", default="127.0.0.1:8090", help="address to listen on",
             type=parse_address, metavar="HOST:PORT")  # fmt: skip
     _add_storage_options(parser)
+    _option(parser, "--workers", default="auto", type=_workers,
+            help="worker processes sharing the port, each a node of the cluster (needs"
+            " --db postgres://...); auto: one per CPU on PostgreSQL, 1 on SQLite",
+            metavar="N")  # fmt: skip
     _option(parser, "--sqlite-synchronous", default="normal", type=_sqlite_synchronous,
             help="normal: acked messages survive a crash of the process; full: also a"
             " power cut (fsync per commit, slower)", metavar="MODE")  # fmt: skip
@@ -176,6 +186,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             metavar="SIZE")  # fmt: skip
     _option(parser, "--max-connections-per-address", default="1000", type=_positive_int,
             help="concurrent WebSocket connections per client address", metavar="N")  # fmt: skip
+    _option(parser, "--rules", default="",
+            help="TOML file of topic rules: who may subscribe and publish where (empty:"
+            " anyone subscribes, any signed-in identity publishes)", metavar="FILE")  # fmt: skip
     _option(parser, "--trusted-proxies", default="", type=_networks,
             help="comma-separated networks (CIDRs) of reverse proxies whose X-Forwarded-For"
             " names the client, for the per-address limits; empty: the header is ignored",
@@ -186,6 +199,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--heartbeat", default="30s", type=duration,
             help="WebSocket heartbeat: a silent peer gets a ping, then is dropped (0s: off)",
             metavar="DURATION")  # fmt: skip
+    _add_external_auth_options(parser)
     _option(parser, "--failed-signins-per-identity", default="5", type=_positive_int,
             help="failed sign-ins per account within the window before 429",
             metavar="N")  # fmt: skip
@@ -200,6 +214,53 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             help="text or json", metavar="FORMAT")  # fmt: skip
     _option(parser, "--log-level", default="info", type=_log_level,
             help="debug, info, warning or error", metavar="LEVEL")  # fmt: skip
+
+
+def _add_external_auth_options(parser: argparse.ArgumentParser) -> None:
+    """Tokens of the user's own backend (``serve`` and ``gentoken``); see ``auth.external``."""
+    _option(parser, "--jwt-secret", default="",
+            help="accept HS256 tokens of your own backend signed with this shared secret"
+            " (at least 32 bytes)", metavar="SECRET")  # fmt: skip
+    _option(parser, "--jwks-url", default="",
+            help="accept RS256/ES256 tokens of your own backend, checked with the keys"
+            " of this JSON Web Key Set", metavar="URL")  # fmt: skip
+    _option(parser, "--jwt-issuer", default="",
+            help="required iss claim of those tokens (empty: not checked)",
+            metavar="ISS")  # fmt: skip
+    _option(parser, "--jwt-audience", default="",
+            help="required aud claim of those tokens (empty: tokens with an aud are"
+            " refused)", metavar="AUD")  # fmt: skip
+    _option(parser, "--jwt-user-claim", default="sub",
+            help="claim of those tokens holding the user id", metavar="CLAIM")  # fmt: skip
+    _option(parser, "--jwt-algorithms", default="",
+            help="comma-separated algorithms accepted (empty: HS256 with --jwt-secret,"
+            " RS256 and ES256 with --jwks-url)", metavar="ALGS")  # fmt: skip
+    _option(parser, "--jwt-collection", default="external",
+            help="collection name the identities of those tokens get", metavar="NAME")  # fmt: skip
+    _option(parser, "--jwks-timeout", default="5s", type=_parse_duration,
+            help="how long a JWKS fetch may take", metavar="DURATION")  # fmt: skip
+
+
+def _parse_duration(text: str) -> Any:
+    from .server.config import parse_duration
+
+    return parse_duration(text)
+
+
+def external_auth_from_args(args: argparse.Namespace) -> ExternalAuth:
+    """The ``ExternalAuth`` that parsed ``--jwt-*`` / ``--jwks-*`` arguments describe."""
+    from .server.config import ExternalAuth
+
+    return ExternalAuth(
+        secret=args.jwt_secret,
+        jwks_url=args.jwks_url,
+        issuer=args.jwt_issuer,
+        audience=args.jwt_audience,
+        user_claim=args.jwt_user_claim,
+        algorithms=tuple(a.strip() for a in args.jwt_algorithms.split(",") if a.strip()),
+        collection=args.jwt_collection,
+        jwks_timeout=args.jwks_timeout.total_seconds(),
+    )
 
 
 def _sqlite_synchronous(text: str) -> str:
@@ -249,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("email")
     create.add_argument("password")
     _add_storage_options(create)
+
+    gentoken = commands.add_parser(
+        "gentoken",
+        help="mint a test token for the configured --jwt-secret",
+        description="Print a token as your own backend would mint it for USER, signed"
+        " with --jwt-secret (and with --jwt-issuer/--jwt-audience/--jwt-user-claim), for"
+        " trying the server's bring-your-own-auth setup.",
+    )
+    gentoken.add_argument("--user", required=True, metavar="ID", help="the user id claim")
+    gentoken.add_argument("--ttl", default="1h", type=_argument_type(_parse_duration),
+                          metavar="DURATION", help="token lifetime (default: 1h)")  # fmt: skip
+    _add_external_auth_options(gentoken)
     _add_client_commands(commands)
     _add_bench_command(commands)
     return parser
@@ -298,22 +371,119 @@ def _add_client_commands(commands: Any) -> None:
     connection_options(pub)
 
 
+def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    """A ``type`` that also keeps the value within ``[low, high]``."""
+
+    def convert(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    return convert
+
+
 def _add_bench_command(commands: Any) -> None:
-    """``bench``: load a running server and measure it (no server modules)."""
-    from .benchmark.command import add_bench_command
+    """``bench``: load a running server and report (see ``benchmark``)."""
+    from .benchmark import MAX_CONNECTIONS, MAX_DURATION, MAX_MESSAGES
 
-    add_bench_command(commands)
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from .benchmark.command import run_bench
-
-    return run_bench(args)
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark a running server (fan-out or acked publishes)",
+        description="Load a running server from this machine and report deliveries/s, acked"
+        " publishes/s, latency percentiles, lost messages and errors. Signs in with --token"
+        " or --email/--password, else creates a throwaway users account by sign-up."
+        " Exit status: 0, 1 (could not run), 3 (messages lost or errors).",
+    )
+    _option(bench, "--url", default="http://127.0.0.1:8090", help="the server", metavar="URL")
+    _option(bench, "--token", default="", help="auth token to publish with", metavar="TOKEN")
+    _option(
+        bench,
+        "--email",
+        default="",
+        help="sign in with this email (with --password)",
+        metavar="EMAIL",
+    )
+    _option(bench, "--password", default="", help="password for --email", metavar="PASSWORD")
+    _option(
+        bench, "--collection", default="users", help="auth collection for --email", metavar="NAME"
+    )
+    add = bench.add_argument
+    add(
+        "--mode",
+        choices=("fanout", "publish"),
+        default="fanout",
+        help="fanout: paced publishes to many subscribers; publish: each publisher waits"
+        " for its ack before the next (default: fanout)",
+    )
+    add(
+        "--subscribers",
+        type=_argument_type(_bounded(int, 0, MAX_CONNECTIONS)),
+        default=None,
+        metavar="N",
+        help="subscriber connections (default: 100 in fanout, 0 in publish)",
+    )
+    add(
+        "--publishers",
+        type=_argument_type(_bounded(int, 1, MAX_CONNECTIONS)),
+        default=1,
+        metavar="N",
+        help="publisher connections (default: 1)",
+    )
+    add(
+        "--rate",
+        type=_argument_type(_bounded(float, 0.1, 1e7)),
+        default=1000.0,
+        metavar="N",
+        help="fanout: messages per second, all publishers (default: 1000)",
+    )
+    add(
+        "--duration",
+        type=_argument_type(_bounded(float, 0.1, MAX_DURATION)),
+        default=10.0,
+        metavar="SECONDS",
+        help="publishing time (default: 10, at most 600)",
+    )
+    add(
+        "--payload",
+        type=_argument_type(_bounded(int, 0, 200_000)),
+        default=64,
+        metavar="BYTES",
+        help="padding in each message's data (default: 64)",
+    )
+    add("--topic", default="", metavar="TOPIC", help="topic (default: a fresh bench/...)")
+    add(
+        "--max-messages",
+        type=_argument_type(_bounded(int, 1, MAX_MESSAGES)),
+        default=1_000_000,
+        metavar="N",
+        help="stop after N publishes (default: 1000000)",
+    )
+    add(
+        "--drain",
+        type=_argument_type(_bounded(float, 0.1, 120)),
+        default=10.0,
+        metavar="SECONDS",
+        help="wait at most this long for the last acks and deliveries",
+    )
+    add("--json", default="", metavar="PATH", help="write the result document here")
+    add(
+        "--plot",
+        default="",
+        metavar="PATH",
+        help="write a PNG (throughput timeline, latency histogram; needs the [bench] extra)",
+    )
+    add(
+        "--allow-remote",
+        action="store_true",
+        help="benchmark a server that is not on this machine's loopback",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The ``ServerConfig`` that parsed ``serve`` arguments describe."""
     from .server.config import AuthSettings, Limits, Retention, ServerConfig
+    from .server.workers import default_workers
 
     host, port = args.http
     origins = tuple(o.strip().rstrip("/") for o in args.origins.split(",") if o.strip())
@@ -322,12 +492,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=port,
         data_dir=Path(args.dir),
         db_url=args.db or None,
+        workers=args.workers or default_workers(args.db or None),
         sqlite_synchronous=args.sqlite_synchronous,
         heartbeat=args.heartbeat.total_seconds(),
         shutdown_timeout=args.shutdown_timeout.total_seconds(),
         log_format=args.log_format,
         log_level=args.log_level,
         trusted_proxies=args.trusted_proxies,
+        rules_file=Path(args.rules) if args.rules else None,
         limits=Limits(
             max_topic_length=args.max_topic_length,
             max_subscriptions=args.max_subscriptions,
@@ -345,24 +517,35 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             failed_signins_per_identity=args.failed_signins_per_identity,
             failed_signins_per_address=args.failed_signins_per_address,
             failed_signin_window=args.failed_signin_window,
+            external=external_auth_from_args(args),
         ),
         retention=Retention(keep=args.retention, interval=args.prune_interval),
     )
 
 
-def _run_serve(args: argparse.Namespace) -> int:
+def _run_serve(args: argparse.Namespace, serve_argv: Sequence[str]) -> int:
     from .server.app import serve
     from .server.logs import configure_logging
     from .server.storage import StoreError
+    from .server.workers import Supervisor, WorkerRole
 
     config = config_from_args(args)
-    configure_logging(config.log_format, config.log_level)
+    role = WorkerRole.from_environment()
+    configure_logging(
+        config.log_format, config.log_level, worker=None if role is None else role.index
+    )
+    if role is None and config.workers > 1:
+        return int(_run(Supervisor(config, config.workers, serve_argv).run()))
     try:
-        _run(serve(config))
+        _run(serve(config, worker=role))
     except (StoreError, OSError) as error:
         # The store cannot be opened or the address is taken: one clear line, no traceback.
         print(f"error: cannot start: {error}", file=sys.stderr)
         return 1
+    # Shut down cleanly; closing the loop gave the signals their default action back,
+    # and a repeated SIGTERM (a supervisor, or SIGINT then SIGTERM) must not turn the
+    # exit into a kill now.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return 0
 
 
@@ -404,16 +587,49 @@ def _run(coroutine: Any) -> Any:
         loop.close()
 
 
+def _run_gentoken(args: argparse.Namespace) -> int:
+    from .server.auth.external import mint
+
+    try:
+        print(mint(external_auth_from_args(args), args.user, ttl=args.ttl.total_seconds()))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.command in ("serve", "gentoken"):
+        try:
+            external_auth_from_args(args).check()
+            if args.command == "serve" and args.workers:
+                from .server.workers import check_workers
+
+                check_workers(args.workers, args.db or None)
+            if args.command == "serve" and args.rules:
+                from .server.rules import load_rules
+
+                load_rules(Path(args.rules))  # a bad file stops the start here, named
+        except ValueError as error:
+            parser.error(str(error))  # exits with 2 and the usage line
+    if args.command == "gentoken":
+        return _run_gentoken(args)
     if args.command == "serve":
-        return _run_serve(args)
+        # What a worker is started with: the same options (the supervisor adds its own).
+        return _run_serve(args, argv[argv.index("serve") + 1 :])
+    if args.command == "bench":
+        from .benchmark import main as bench
+
+        if args.subscribers is not None and args.subscribers + args.publishers > 10_000:
+            parser.error("--subscribers and --publishers: at most 10000 connections in all")
+        return bench(args)
     if args.command in ("sub", "pub"):
         from .client._cli import run
 
         return int(run(args))
-    if args.command == "bench":
-        return _run_bench(args)
     return _run_account(args)
 
 

@@ -46,6 +46,10 @@ ERR_INVALID_FORMAT: Final = "invalid message format"
 MAX_KEY_LENGTH: Final = 128
 """The longest idempotence ``key`` a publish may carry, in characters."""
 ERR_KEY_TOO_LONG: Final = f"publish key is too long (at most {MAX_KEY_LENGTH} characters)"
+ERR_TOKEN_INVALID: Final = "invalid or expired auth token"
+"""``auth`` with a token that proves nothing; the connection keeps its identity."""
+ERR_TOKEN_UNCHECKED: Final = "cannot check the auth token now, try again"
+"""``auth`` while the account store is unavailable; the connection keeps its identity."""
 
 REPLAY_COMPLETE: Final = "complete"
 """``subscribed.replay``: every message of the topic stored after ``since`` is replayed."""
@@ -110,7 +114,15 @@ class RequestError:
     message: str
 
 
-Request = Ping | Subscribe | Unsubscribe | Publish | RequestError
+@dataclass(slots=True)
+class Auth:
+    """Ours: replace the connection's token without reconnecting (``""``: sign out)."""
+
+    request_id: str
+    token: str
+
+
+Request = Ping | Subscribe | Unsubscribe | Publish | Auth | RequestError
 
 
 def parse_request(frame: str | bytes) -> Request:
@@ -163,6 +175,12 @@ def parse_request(frame: str | bytes) -> Request:
         if isinstance(data, str):
             return RequestError(request_id, data)
         return Publish(request_id, topic, data, key)
+    if kind == "auth":
+        token = envelope.get("token")
+        token = "" if token is None else token
+        if not isinstance(token, str):
+            return RequestError(request_id, ERR_INVALID_FORMAT)
+        return Auth(request_id, token.strip())
     return RequestError(request_id, ERR_UNSUPPORTED_TYPE)
 
 
@@ -271,6 +289,26 @@ def subscribed_frame(request_id: str, position: str = "", replay: str = "") -> b
 
 def unsubscribed_frame(request_id: str) -> bytes:
     return _reply({"type": "unsubscribed", "requestId": request_id})
+
+
+def authenticated_frame(
+    request_id: str, collection: str | None, record_id: str | None, expires: float | None
+) -> bytes:
+    """Ours: the answer to ``auth``; ``None`` fields when the connection is now anonymous."""
+    return _reply(
+        {
+            "type": "authenticated",
+            "requestId": request_id,
+            "collectionName": collection,
+            "recordId": record_id,
+            "expires": None if expires is None else int(expires),
+        }
+    )
+
+
+def topic_error_frame(topic: str, message: str) -> bytes:
+    """Ours: a subscription ended by the server (no request asked for it)."""
+    return _reply({"type": "error", "topic": topic, "message": message})
 
 
 def error_frame(request_id: str, message: str) -> bytes:

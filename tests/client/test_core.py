@@ -532,6 +532,93 @@ def test_a_new_token_reconnects_after_the_publishes_in_flight_are_acked() -> Non
     assert frames[1]["requestId"] == waiting
 
 
+def connect_to_ours(core: PubSubCore, now: float = 0.0) -> list[dict[str, Any]]:
+    """``connect`` to a server with the extensions (its ``ready`` names a position)."""
+    core.start_connecting(now)
+    core.receive(frame(type="ready", clientId="c1", position="e:0"), now)
+    return sent(core)
+
+
+def test_a_new_token_goes_to_our_server_on_the_open_socket_before_later_frames() -> None:
+    core = make_core(token="old")
+    core.subscribe("t", "h", 0.0)
+    ack_subscribes(core, connect_to_ours(core))
+    core.events_received()
+    core.set_token("fresh", 1.0)
+    publish_id = core.publish("t", 1, 1.0)
+    auth, publish = sent(core)
+    assert auth == {"type": "auth", "requestId": auth["requestId"], "token": "fresh"}
+    assert publish["requestId"] == publish_id  # after the auth frame, on the same socket
+    core.receive(
+        frame(type="authenticated", requestId=auth["requestId"], recordId="u1", expires=9), 1.1
+    )
+    assert core.server_renews_tokens is True
+    assert of_type(core.events_received(), CloseSocket) == []  # no reconnect
+    assert core.is_connected
+    assert core.pending == 1  # only the publish is left
+    # A later reconnect carries the new token in its handshake.
+    core.connection_lost(None, 2.0, code=1006)
+    core.tick(5.0)
+    assert dict(core.start_connecting(5.0).headers)["Authorization"] == "fresh"
+
+
+@pytest.mark.parametrize(
+    ("answer", "renews_later"),
+    [
+        ("unsupported pubsub message type", False),  # an official or older server
+        ("invalid or expired auth token", None),
+        (None, None),  # no answer in time
+    ],
+)
+def test_a_refused_auth_frame_hands_the_token_over_with_a_reconnect(
+    answer: str | None, renews_later: bool | None
+) -> None:
+    core = make_core(token="old")
+    core.subscribe("t", "h", 0.0)
+    ack_subscribes(core, connect_to_ours(core))
+    core.events_received()
+    core.set_token("fresh", 1.0)
+    [auth] = sent(core)
+    if answer is None:
+        core.tick(1.0 + TIMEOUTS.request)
+    else:
+        core.receive(frame(type="error", requestId=auth["requestId"], message=answer), 1.1)
+    events = core.events_received()
+    assert CloseSocket(1000, "reconnecting with a new identity") in events
+    assert of_type(events, Rejected) == []  # nobody waited for it
+    assert core.server_renews_tokens is renews_later
+    core.connection_lost(None, 12.0, code=1000)
+    assert dict(core.start_connecting(12.0).headers)["Authorization"] == "fresh"
+    core.receive(frame(type="ready", clientId="c2", position="e:0"), 12.0)
+    ack_subscribes(core, sent(core), 12.0)
+    core.events_received()
+    core.set_token("newer", 13.0)
+    if renews_later is False:
+        assert sent(core) == []  # known not to take it: straight to a reconnect
+        assert CloseSocket(1000, "reconnecting with a new identity") in core.events_received()
+    else:
+        assert [f["type"] for f in sent(core)] == ["auth"]
+
+
+def test_a_subscription_the_server_withdraws_is_lost_with_its_listeners() -> None:
+    core = make_core(token="t")
+    listener, _ = core.subscribe("inbox", "h", 0.0)
+    ack_subscribes(core, connect_to_ours(core))
+    core.events_received()
+    core.receive(frame(type="error", topic="inbox", message="forbidden by the topic rules"), 1.0)
+    [lost] = of_type(core.events_received(), SubscriptionLost)
+    assert lost.topic == "inbox"
+    assert str(lost.error) == "forbidden by the topic rules"
+    assert core.topics == []
+    assert not listener.active
+    # A later message on it is not delivered; another error without a topic is a notice.
+    core.receive(frame(type="message", topic="inbox", id="m", data=1), 1.1)
+    core.receive(frame(type="error", message="something else"), 1.2)
+    events = core.events_received()
+    assert of_type(events, Deliver) == []
+    assert of_type(events, ServerNotice) == [ServerNotice("something else")]
+
+
 def test_a_token_change_while_connecting_reconnects_at_ready() -> None:
     core = make_core(token="old")
     core.subscribe("t", "h", 0.0)

@@ -231,8 +231,9 @@ def test_signing_in_upgrades_the_open_socket(shared_server: ServerProcess, topic
             SUPERUSER_EMAIL, SUPERUSER_PASSWORD
         )
         assert client.auth_store.token == auth["token"]
-        ack = client.pubsub.publish(topic, "signed in")  # no reconnect by hand
-        assert client.pubsub._core.client_id != first_connection
+        ack = client.pubsub.publish(topic, "signed in")  # nothing to do by hand
+        # The new token went over the open socket (an ``auth`` frame): no reconnect.
+        assert client.pubsub._core.client_id == first_connection
         assert inbox.data == ["signed in"]  # the subscription came along
         assert inbox.messages[0]["id"] == ack["id"]
         client.auth_store.clear()
@@ -345,7 +346,8 @@ def test_close_leaves_no_thread_and_no_socket(shared_server: ServerProcess, topi
     inbox = Inbox()
     client.pubsub.subscribe(topic, inbox)
     client.pubsub.publish(topic, 1)
-    assert len(client_threads()) == 2
+    # The socket, the dispatcher, and the token refresher (signed in: it has a token).
+    assert len(client_threads()) == 3
     assert open_sockets() > sockets_before
     client.close()
     assert client_threads() == []

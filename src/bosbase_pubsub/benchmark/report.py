@@ -1,136 +1,122 @@
-"""What a run's result becomes: a table on screen, a JSON file, a PNG plot.
-
-The plot needs matplotlib, which only the ``bench`` extra installs
-(``pip install 'bosbase-pubsub[bench]'``); it is imported when a plot is
-asked for, and ``require_matplotlib`` says so before a run starts rather
-than after it.
-"""
+"""The benchmark's result: a JSON document, a table for the terminal, an optional plot."""
 
 from __future__ import annotations
 
-import json
+import datetime as dt
+import os
+import platform
 from pathlib import Path
 from typing import Any
 
-PLOT_EXTRA_HINT = "the plot needs matplotlib: pip install 'bosbase-pubsub[bench]'"
-CLIENT_BOUND_PERCENT = 90.0
-"""Above this share of one core, the bench client is likely what limits the figures."""
+from .workload import Progress, Publisher, Subscriber, Workload
 
 
-class PlotUnavailableError(Exception):
-    """``--plot`` was asked for and matplotlib is not installed."""
+def result(workload: Workload, raw: dict[str, Any], url: str) -> dict[str, Any]:
+    """The JSON document of one run (the fields ``bench --json`` writes)."""
+    progress: Progress = raw["progress"]
+    publishers: list[Publisher] = raw["publishers"]
+    subscribers: list[Subscriber] = raw["subscribers"]
+    seconds = raw["published_seconds"] or 1e-9
+    expected = sum(p.acked for p in publishers) * len(subscribers)
+    lost = sum(s.streams[p.index].lost(p.acked) for s in subscribers for p in publishers)
+    gaps = sum(stream.skipped for s in subscribers for stream in s.streams)
+    return {
+        "mode": workload.mode,
+        "url": url,
+        "topic": raw["topic"],
+        "subscribers": workload.subscribers,
+        "publishers": workload.publishers,
+        "rate": workload.rate if workload.mode == "fanout" else None,
+        "payload_bytes": workload.payload,
+        "duration_s": round(seconds, 3),
+        "published": progress.sent,
+        "acked": progress.acked,
+        "acked_per_s": progress.acked / seconds,
+        "deliveries": progress.deliveries,
+        "expected_deliveries": expected,
+        "deliveries_per_s": progress.deliveries / seconds,
+        "lost": lost,
+        "duplicates": progress.duplicates,
+        "gaps": gaps,
+        "errors": progress.errors,
+        "first_error": progress.first_error or None,
+        "delivery_latency": progress.delivery_latency.summary(),
+        "ack_latency": progress.ack_latency.summary(),
+        "timeline": {
+            "step_s": progress.delivery_timeline.step,
+            "deliveries": progress.delivery_timeline.slots,
+            "acks": progress.ack_timeline.slots,
+        },
+        "client": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "taken": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
 
 
-def table(result: dict[str, Any]) -> str:
-    """The end-of-run summary, as aligned text."""
-    w = result["workload"]
-    rate = f"{w['rate']:g}/s" if w["rate"] else "unpaced"
-    lines = [
-        f"bosbase-pubsub bench {result['mode']} against {result['url']}",
-        f"  subscribers {w['subscribers']}, publishers {w['publishers']}, rate {rate},"
-        f" in-flight {w['in_flight']}, payload {w['payload']} B,"
-        f" window {result['window_s']:.1f} s",
-        "",
-        _row(
-            "acked publishes/s",
-            f"{result['acked_publishes_per_s']:,.1f}",
-            f"{result['acked']:,} acked of {result['sent']:,} sent",
-        ),
-        _row(
-            "deliveries/s",
-            f"{result['deliveries_per_s']:,.1f}",
-            f"{result['delivered']:,} delivered of {result['expected_deliveries']:,} expected",
-        ),
-        "",
-        f"  {'latency (ms)':<24}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}{'count':>12}",
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def table(document: dict[str, Any]) -> str:
+    """The end-of-run table."""
+    rows = [
+        ("deliveries/s", f"{document['deliveries_per_s']:,.0f}"),
+        ("acked publishes/s", f"{document['acked_per_s']:,.0f}"),
+        ("deliveries", f"{document['deliveries']:,} of {document['expected_deliveries']:,}"),
+        ("lost", f"{document['lost']:,}"),
+        ("duplicates", f"{document['duplicates']:,}"),
+        ("errors", f"{document['errors']:,}"),
     ]
-    for label, key in (
-        ("publish -> delivery", "delivery_latency_ms"),
-        ("publish -> ack", "ack_latency_ms"),
-    ):
-        s = result[key]
-        if s["count"]:
-            lines.append(
-                f"  {label:<24}{s['p50']:>10.2f}{s['p90']:>10.2f}{s['p99']:>10.2f}"
-                f"{s['max']:>10.2f}{s['count']:>12,}"
-            )
-    lines += [
-        "",
-        _row("lost", f"{result['lost']:,}", "acked, not delivered to every subscriber"),
-        _row("duplicates", f"{result['duplicates']:,}", ""),
-        _row("errors", f"{result['errors']:,}", _errors(result["error_messages"])),
-        _row("client CPU", f"{result['client_cpu_percent']:.0f} %", "of one core"),
-    ]
-    if not result["drained"]:
-        lines.append("  note: the drain timed out; what had not arrived by then counts as lost")
-    due = result.get("due")
-    if due and result["sent"] < 0.99 * due:
-        lines.append(
-            f"  note: the publishers fell behind the rate: {result['sent']:,} of {due:,} due"
-            " were sent (waiting for acks, see --in-flight, or for the server to read)"
-        )
-    if result["client_cpu_percent"] >= CLIENT_BOUND_PERCENT:
-        lines.append(
-            "  note: the bench client used most of a core: the figures may be its limit,"
-            " not the server's (fewer subscribers, or several bench processes)"
-        )
-    return "\n".join(lines)
+    for name in ("delivery_latency", "ack_latency"):
+        latency = document[name]
+        if latency["count"]:
+            label = name.replace("_", " ")
+            rows.append(
+                (f"{label} ms", "p50 {} | p90 {} | p99 {} | max {}".format(
+                    *(_ms(latency[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))))
+            )  # fmt: skip
+    if document["first_error"]:
+        rows.append(("first error", document["first_error"]))
+    width = max(len(name) for name, _ in rows)
+    head = (f"{document['mode']}: {document['subscribers']} subscribers, {document['publishers']}"
+            f" publishers, {document['duration_s']:g} s")  # fmt: skip
+    return "\n".join([head, *(f"  {name.ljust(width)}  {value}" for name, value in rows)])
 
 
-def _row(label: str, value: str, detail: str) -> str:
-    return f"  {label:<24}{value:>14}  {detail}".rstrip()
+def plot(document: dict[str, Any], path: Path, latencies_ms: list[float]) -> None:
+    """A PNG: deliveries (and acks) per second over time, and a histogram of the
+    delivery latency (``latencies_ms``: the samples, or the ack latency's in ``publish``).
 
-
-def _errors(messages: dict[str, int]) -> str:
-    return "; ".join(f"{count:,} x {text}" for text, count in sorted(messages.items()))[:200]
-
-
-def write_json(result: dict[str, Any], path: Path) -> None:
-    """The whole result (timeline and histogram included) as indented JSON."""
-    path.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def require_matplotlib() -> None:
-    """Raise ``PlotUnavailableError`` now if a plot could not be drawn later."""
+    Raises ``RuntimeError`` when matplotlib is not installed (``[bench]`` extra).
+    """
     try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise PlotUnavailableError(PLOT_EXTRA_HINT) from None
+        import matplotlib
 
-
-def write_plot(result: dict[str, Any], path: Path) -> None:
-    """A PNG: the latency histogram, and rate and p99 over time."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display needed
-    import matplotlib.pyplot as plt
-
-    kind = "delivery" if result["workload"]["subscribers"] else "ack"
-    figure, (histogram, timeline) = plt.subplots(2, 1, figsize=(9, 7))
-    buckets = result["latency_histogram_ms"]
-    if buckets:
-        histogram.bar(
-            [b[0] for b in buckets],
-            [b[1] for b in buckets],
-            width=[b[0] * 0.01 for b in buckets],
-            align="center",
-        )
-        histogram.set_xscale("log")
-    histogram.set_xlabel(f"publish -> {kind} latency (ms, log scale)")
-    histogram.set_ylabel("messages")
-    histogram.set_title(f"bosbase-pubsub bench {result['mode']}: {result['url']}")
-
-    seconds = result["timeline"]
-    times = [s["t"] for s in seconds]
-    rate_key = "delivered" if kind == "delivery" else "acked"
-    timeline.plot(times, [s[rate_key] for s in seconds], label=f"{rate_key}/s")
-    timeline.set_xlabel("seconds since the start")
-    timeline.set_ylabel(f"{rate_key} per second")
-    p99 = timeline.twinx()
-    p99.plot(times, [s["p99_ms"] for s in seconds], color="tab:red", label="p99 ms")
-    p99.set_ylabel("p99 latency (ms)")
-    figure.legend(loc="upper right")
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise RuntimeError(
+            "--plot needs matplotlib: pip install 'bosbase-pubsub[bench]'"
+        ) from error
+    timeline = document["timeline"]
+    step = timeline["step_s"]
+    figure, (rates, latency) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in ("deliveries", "acks"):
+        slots = timeline[name]
+        rates.plot([i * step for i in range(len(slots))], [c / step for c in slots], label=name)
+    rates.set_xlabel("seconds")
+    rates.set_ylabel("per second")
+    rates.legend()
+    rates.set_title("throughput")
+    if latencies_ms:
+        latency.hist(latencies_ms, bins=60)
+        latency.set_yscale("log")
+    latency.set_xlabel("ms")
+    latency.set_ylabel("messages")
+    latency.set_title("latency")
+    figure.suptitle(f"bosbase-pubsub bench ({document['mode']})")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

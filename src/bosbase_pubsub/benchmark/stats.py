@@ -1,143 +1,92 @@
-"""Latency percentiles in bounded memory, and a per-second timeline. No I/O.
-
-A ``LatencyHistogram`` keeps counts in logarithmic buckets 1 % wide (like
-HdrHistogram): a million deliveries cost no more memory than ten, and a
-percentile is off by at most 1 % of its value. The exact maximum is kept
-beside the buckets.
-"""
+"""Latency samples and delivery counts, bounded in memory whatever the run's length."""
 
 from __future__ import annotations
 
-import math
+import random
 from dataclasses import dataclass, field
-from typing import Any
 
-_GROWTH = 1.01
-"""Each bucket is 1 % wider than the one below: the error bound of a percentile."""
-_LOG_GROWTH = math.log(_GROWTH)
-_FLOOR_US = 1.0
-"""Latencies below a microsecond count as one microsecond (the clock's useful floor)."""
+MAX_SAMPLES = 200_000
+"""Latency samples kept (a uniform reservoir beyond this), so memory stays bounded."""
 
 
-class LatencyHistogram:
-    """Latencies in seconds, counted in 1 %-wide buckets.
+class Reservoir:
+    """Latency samples in milliseconds: exact below ``MAX_SAMPLES``, a uniform sample above."""
 
-    ``record`` one value at a time; read ``percentile(q)``, ``maximum``,
-    ``count`` and ``mean``. ``merge`` adds another histogram's counts (the
-    per-second windows into the whole run).
-    """
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, int] = {}
+    def __init__(self, capacity: int = MAX_SAMPLES, seed: int = 7) -> None:
+        self.capacity = capacity
+        self.samples: list[float] = []
         self.count = 0
         self.maximum = 0.0
-        self._total = 0.0
+        self._rng = random.Random(seed)
 
-    def record(self, seconds: float) -> None:
-        """Count one latency (negative values, from a clock step, count as 0)."""
-        seconds = max(seconds, 0.0)
-        index = _bucket(seconds)
-        self._buckets[index] = self._buckets.get(index, 0) + 1
+    def add(self, value_ms: float) -> None:
         self.count += 1
-        self._total += seconds
-        self.maximum = max(self.maximum, seconds)
+        if value_ms > self.maximum:
+            self.maximum = value_ms
+        if len(self.samples) < self.capacity:
+            self.samples.append(value_ms)
+            return
+        slot = self._rng.randrange(self.count)
+        if slot < self.capacity:
+            self.samples[slot] = value_ms
 
-    def merge(self, other: LatencyHistogram) -> None:
-        """Add ``other``'s counts to this histogram."""
-        for index, count in other._buckets.items():
-            self._buckets[index] = self._buckets.get(index, 0) + count
-        self.count += other.count
-        self._total += other._total
-        self.maximum = max(self.maximum, other.maximum)
+    def percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile (0-100), nearest rank; ``None`` without samples."""
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+        return ordered[rank]
 
-    @property
-    def mean(self) -> float:
-        return self._total / self.count if self.count else 0.0
-
-    def percentile(self, q: float) -> float:
-        """The latency (seconds) that ``q`` percent of the values are at or below.
-
-        0 when nothing was recorded; ``percentile(100)`` is the exact maximum.
-        """
-        if not 0 <= q <= 100:
-            raise ValueError(f"percentile must be within 0..100, got {q}")
-        if not self.count:
-            return 0.0
-        if q >= 100:
-            return self.maximum
-        # The nearest-rank definition: the value at rank ceil(q% of count).
-        rank = max(1, math.ceil(q / 100 * self.count))
-        seen = 0
-        for index in sorted(self._buckets):
-            seen += self._buckets[index]
-            if seen >= rank:
-                # The bucket's middle, but never above what was really seen.
-                return min(_middle(index), self.maximum)
-        return self.maximum  # pragma: no cover - the loop always reaches rank
-
-    def summary_ms(self) -> dict[str, Any]:
-        """``{count, mean, p50, p90, p99, max}``, latencies in milliseconds."""
+    def summary(self) -> dict[str, float | None]:
         return {
             "count": self.count,
-            "mean": round(self.mean * 1000, 3),
-            "p50": round(self.percentile(50) * 1000, 3),
-            "p90": round(self.percentile(90) * 1000, 3),
-            "p99": round(self.percentile(99) * 1000, 3),
-            "max": round(self.maximum * 1000, 3),
+            "p50_ms": self.percentile(50),
+            "p90_ms": self.percentile(90),
+            "p99_ms": self.percentile(99),
+            "max_ms": self.maximum if self.count else None,
         }
 
-    def buckets_ms(self) -> list[tuple[float, int]]:
-        """``[(bucket middle in ms, count), ...]`` in increasing order, for a plot."""
-        return [(round(_middle(i) * 1000, 4), self._buckets[i]) for i in sorted(self._buckets)]
 
+@dataclass(slots=True)
+class Stream:
+    """What one subscriber got from one publisher (whose messages arrive in order)."""
 
-def _bucket(seconds: float) -> int:
-    micros = max(seconds * 1e6, _FLOOR_US)
-    return int(math.log(micros) / _LOG_GROWTH)
+    received: int = 0
+    last: int = -1
+    duplicates: int = 0
+    skipped: int = 0
+    """Numbers jumped over: messages the subscriber never got before a later one."""
 
+    def add(self, n: int) -> bool:
+        """Count message ``n``; ``False`` for a duplicate."""
+        if n <= self.last:
+            self.duplicates += 1
+            return False
+        self.skipped += n - self.last - 1
+        self.last = n
+        self.received += 1
+        return True
 
-def _middle(index: int) -> float:
-    """The middle (geometric) of bucket ``index``, in seconds."""
-    return float(_GROWTH ** (index + 0.5)) / 1e6
+    def lost(self, acked: int) -> int:
+        """How many fewer messages than the ``acked`` ones this subscriber got."""
+        return max(acked - self.received, 0)
 
 
 @dataclass
-class Second:
-    """What happened in one second of the run (``at``: seconds since the start)."""
-
-    at: int
-    sent: int = 0
-    acked: int = 0
-    delivered: int = 0
-    errors: int = 0
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    """This second's latencies: deliveries when there are subscribers, else acks."""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "t": self.at,
-            "sent": self.sent,
-            "acked": self.acked,
-            "delivered": self.delivered,
-            "errors": self.errors,
-            "p50_ms": round(self.latency.percentile(50) * 1000, 3),
-            "p99_ms": round(self.latency.percentile(99) * 1000, 3),
-        }
-
-
 class Timeline:
-    """Counts per whole second since ``start`` (a ``time.monotonic()`` value)."""
+    """Counts per ``step``-second slot since the start (for the progress line and plots)."""
 
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.seconds: list[Second] = []
+    step: float = 0.5
+    slots: list[int] = field(default_factory=list)
 
-    def at(self, now: float) -> Second:
-        """The ``Second`` that ``now`` falls in (created, with the empty ones before it)."""
-        index = max(0, int(now - self.start))
-        while len(self.seconds) <= index:
-            self.seconds.append(Second(at=len(self.seconds)))
-        return self.seconds[index]
+    def add(self, elapsed: float, count: int = 1) -> None:
+        index = int(elapsed / self.step)
+        if index >= len(self.slots):
+            self.slots.extend([0] * (index + 1 - len(self.slots)))
+        self.slots[index] += count
 
-    def to_json(self) -> list[dict[str, Any]]:
-        return [second.to_json() for second in self.seconds]
+    def rate(self, elapsed: float) -> float:
+        """Per second over the last full slot before ``elapsed``."""
+        index = int(elapsed / self.step) - 1
+        return self.slots[index] / self.step if 0 <= index < len(self.slots) else 0.0

@@ -1,269 +1,298 @@
-"""The benchmark's connections: subscribers that count, publishers that pace.
+"""The benchmark's load: subscribers and publishers on raw WebSockets, in this process.
 
-Raw WebSocket connections (the ``websockets`` library, no SDK), speaking the
-contract's envelopes, so that the figures are the server's and not a client
-library's reconnect or bookkeeping logic. Every message's data carries
-``{"p": publisher, "s": sequence, "t": due}``: ``t`` is the ``time.monotonic()``
-at which the publish was *due* (open loop: a publish sent late still counts
-from when it was due, so a stalled server cannot hide its stall), and since
-the subscribers run in the same process the same clock reads its arrival.
+Two modes:
 
-Each subscriber keeps one byte per (publisher, sequence) it received, each
-publisher one byte per sequence acked; ``lost`` at the end is what was acked
-and is missing at a subscriber, duplicates are counted apart.
+- ``fanout``: ``publishers`` connections publish ``rate`` messages per second in
+  total (paced, each with at most ``in_flight`` unanswered publishes) on one topic
+  that ``subscribers`` connections subscribe to. Measured: deliveries/s and the
+  delivery latency (publish sent to message received, one clock: this process).
+- ``publish``: each publisher sends a publish, waits for its ack (the server
+  stored it), sends the next: acked publishes/s and the ack latency.
+
+Every message carries ``{"b": run, "p": publisher, "n": number, "t": sent}``; each
+publisher's messages arrive in order, so a subscriber counts them per publisher
+without keeping them (``stats.Stream``). Bounded: at most ``duration`` seconds of
+publishing and ``max_messages`` messages, then at most ``drain`` seconds to wait
+for the last acks and deliveries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import secrets
 import time
-from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import WebSocketException
 
-from .stats import LatencyHistogram, Timeline
+from .stats import Reservoir, Stream, Timeline
 
-_MAX_FRAME = 1024 * 1024
-
-
-class SetupError(Exception):
-    """A connection could not be opened, or the server refused a subscribe."""
+Mode = Literal["fanout", "publish"]
+CONNECT_CONCURRENCY = 50
+"""Connections opened at once while setting up."""
 
 
-class Tally:
-    """The counts of one run, shared by every connection (one event loop, no locks)."""
-
-    def __init__(self, start: float, *, publishers: int, with_subscribers: bool) -> None:
-        self.timeline = Timeline(start)
-        self.ack_latency = LatencyHistogram()
-        self.delivery_latency = LatencyHistogram()
-        self.with_subscribers = with_subscribers
-        self.sent = 0
-        self.acked = 0
-        self.delivered = 0
-        self.duplicates = 0
-        self.publish_errors = 0
-        self.connection_errors = 0
-        self.error_messages: Counter[str] = Counter()
-        self.acked_by_publisher = [bytearray() for _ in range(publishers)]
-        self.last_ack = start
-        self.last_delivery = start
-
-    def error(self, message: str, *, connection: bool = False) -> None:
-        if connection:
-            self.connection_errors += 1
-        else:
-            self.publish_errors += 1
-        self.error_messages[message] += 1
-        self.timeline.at(time.monotonic()).errors += 1
+@dataclass(frozen=True, slots=True)
+class Workload:
+    ws_url: str
+    token: str
+    mode: Mode = "fanout"
+    subscribers: int = 100
+    publishers: int = 1
+    rate: float = 100.0
+    """``fanout``: messages per second, all publishers together."""
+    duration: float = 10.0
+    payload: int = 64
+    """Padding bytes in each message's data."""
+    topic: str = ""
+    max_messages: int = 1_000_000
+    drain: float = 10.0
+    in_flight: int = 100
+    """``fanout``: unanswered publishes one publisher may have."""
+    connect_timeout: float = 10.0
 
 
-def ws_url(base_url: str) -> str:
-    """``http://host:port`` → ``ws://host:port/api/pubsub`` (``https`` → ``wss``)."""
-    base = base_url.rstrip("/")
-    scheme, rest = base.split("://", 1)
-    return ("wss" if scheme == "https" else "ws") + "://" + rest + "/api/pubsub"
+@dataclass
+class Progress:
+    """What the run has done so far (read by the progress line)."""
+
+    started: float = 0.0
+    phase: str = "connecting"
+    sent: int = 0
+    acked: int = 0
+    errors: int = 0
+    first_error: str = ""
+    deliveries: int = 0
+    delivery_latency: Reservoir = field(default_factory=Reservoir)
+    ack_latency: Reservoir = field(default_factory=Reservoir)
+    delivery_timeline: Timeline = field(default_factory=Timeline)
+    ack_timeline: Timeline = field(default_factory=Timeline)
+    duplicates: int = 0
+    connected: int = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started if self.started else 0.0
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = message
 
 
-async def open_connection(url: str, token: str | None, timeout: float) -> ClientConnection:
-    """Connect and wait for ``ready``; raises ``SetupError`` with the reason."""
+class BenchError(Exception):
+    """The benchmark could not run (no connection, refused, ...)."""
+
+
+async def _open(url: str, token: str, timeout: float) -> ClientConnection:
     headers = {"Authorization": token} if token else None
     try:
         ws = await connect(
-            url,
-            additional_headers=headers,
-            compression=None,  # the server offers none; say so up front
-            max_size=_MAX_FRAME,
-            open_timeout=timeout,
-            close_timeout=2,  # the end of a run waits for no slow goodbye
+            url, additional_headers=headers, open_timeout=timeout, max_size=4 * 1024 * 1024
         )
-    except InvalidStatus as error:
-        raise SetupError(f"the server refused the WebSocket: {error}") from None
-    except (OSError, InvalidHandshake, asyncio.TimeoutError) as error:
-        raise SetupError(f"cannot connect to {url}: {error or type(error).__name__}") from None
-    try:
         ready = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-    except ConnectionClosed as closed:
-        await ws.close()
-        raise SetupError(f"the server closed the connection: {_close_reason(closed)}") from None
-    except asyncio.TimeoutError:
-        await ws.close()
-        raise SetupError("no 'ready' from the server") from None
+    except (OSError, WebSocketException, asyncio.TimeoutError) as error:
+        raise BenchError(f"cannot connect to {url}: {error}") from error
     if ready.get("type") != "ready":
-        await ws.close()
-        raise SetupError(f"expected 'ready', got {ready!r}")
+        raise BenchError(f"the server did not send ready: {ready}")
     return ws
 
 
-def _close_reason(closed: ConnectionClosed) -> str:
-    frame = closed.rcvd
-    if frame is None:
-        return "without a close frame"
-    hints = {
-        1008: "refused (too many connections from this address? see --max-connections-per-address)",
-        1013: "slow consumer (the bench client fell behind)",
-    }
-    return f"code {frame.code} {hints.get(frame.code, frame.reason)}".strip()
-
-
 class Subscriber:
-    """One subscribed connection; counts every message of the run's topic."""
-
-    def __init__(self, ws: ClientConnection, tally: Tally, publishers: int) -> None:
+    def __init__(self, ws: ClientConnection, run: str, progress: Progress, publishers: int):
         self.ws = ws
-        self.tally = tally
-        self.received = [bytearray() for _ in range(publishers)]
-        self.distinct = 0
-        self.closed = False
-        """The connection ended (the drain stops waiting for it)."""
-
-    @classmethod
-    async def start(
-        cls, url: str, topic: str, tally: Tally, publishers: int, timeout: float
-    ) -> Subscriber:
-        ws = await open_connection(url, None, timeout)
-        try:
-            await ws.send(
-                orjson.dumps({"type": "subscribe", "topic": topic, "requestId": "s"}).decode()
-            )
-            reply = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-        except (ConnectionClosed, asyncio.TimeoutError) as error:
-            await ws.close()
-            raise SetupError(f"subscribe got no answer: {error or 'timeout'}") from None
-        if reply.get("type") != "subscribed":
-            await ws.close()
-            raise SetupError(f"subscribe refused: {reply.get('message', reply)}")
-        return cls(ws, tally, publishers)
+        self.run = run
+        self.progress = progress
+        self.streams = [Stream() for _ in range(publishers)]
 
     async def read(self) -> None:
-        """Count messages until the connection closes (run as a task)."""
-        tally = self.tally
-        try:
-            async for frame in self.ws:
-                message = orjson.loads(frame)
-                if message.get("type") != "message":
+        progress, run, streams = self.progress, self.run, self.streams
+        with contextlib.suppress(WebSocketException):
+            async for raw in self.ws:
+                now = time.perf_counter()
+                frame = orjson.loads(raw)
+                data = frame.get("data")
+                if frame.get("type") != "message" or not isinstance(data, dict):
                     continue
-                now = time.monotonic()
-                data = message["data"]
-                seen = self.received[data["p"]]
-                sequence = data["s"]
-                if sequence >= len(seen):
-                    seen.extend(bytes(max(sequence + 1 - len(seen), len(seen))))
-                if seen[sequence]:
-                    tally.duplicates += 1
+                if data.get("b") != run:
                     continue
-                seen[sequence] = 1
-                self.distinct += 1
-                tally.delivered += 1
-                tally.last_delivery = now
-                second = tally.timeline.at(now)
-                second.delivered += 1
-                second.latency.record(now - data["t"])
-        except ConnectionClosed as closed:
-            if closed.rcvd is None or closed.rcvd.code != 1000:
-                tally.error(f"subscriber closed: {_close_reason(closed)}", connection=True)
-        finally:
-            self.closed = True
+                if not streams[data["p"]].add(data["n"]):
+                    progress.duplicates += 1
+                    continue
+                progress.deliveries += 1
+                progress.delivery_latency.add((now - data["t"]) * 1000)
+                progress.delivery_timeline.add(now - progress.started)
 
 
 class Publisher:
-    """One authenticated connection publishing ``count`` messages at ``rate`` per second."""
-
-    def __init__(self, index: int, ws: ClientConnection, tally: Tally, *, in_flight: int) -> None:
-        self.index = index
+    def __init__(self, ws: ClientConnection, index: int, workload: Workload, run: str,
+                 progress: Progress) -> None:  # fmt: skip
         self.ws = ws
-        self.tally = tally
-        self.pending: dict[str, tuple[int, float]] = {}
-        self.window = asyncio.Semaphore(in_flight)
-        self.acked = tally.acked_by_publisher[index]
-
-    async def publish(
-        self,
-        topic: str,
-        *,
-        count: int,
-        rate: float,
-        start: float,
-        end: float,
-        padding: str,
-    ) -> None:
-        """Publish until ``count`` are sent or ``end`` (monotonic) passes."""
-        tally = self.tally
-        interval = 1 / rate if rate else 0.0
-        for sequence in itertools.count():
-            if sequence >= count:
-                return
-            now = time.monotonic()
-            due = start + sequence * interval if interval else now
-            if due > now:
-                # Everything already due went out back to back; wait for the next.
-                await asyncio.sleep(due - now)
-            if time.monotonic() >= end:
-                return
-            await self.window.acquire()
-            request_id = str(sequence)
-            self.pending[request_id] = (sequence, due)
-            data = {"p": self.index, "s": sequence, "t": due, "x": padding}
-            envelope = {"type": "publish", "topic": topic, "requestId": request_id, "data": data}
-            try:
-                await self.ws.send(orjson.dumps(envelope).decode())
-            except ConnectionClosed:
-                self.pending.pop(request_id, None)
-                return  # the reader counts the close
-            tally.sent += 1
-            tally.timeline.at(time.monotonic()).sent += 1
+        self.index = index
+        self.workload = workload
+        self.run = run
+        self.progress = progress
+        self.acked = 0
+        self.pending: dict[str, tuple[float, asyncio.Future[None]]] = {}
+        self._ids = itertools.count()
+        self._pad = "x" * workload.payload
 
     async def read(self) -> None:
-        """Match acks and errors to the publishes (run as a task)."""
-        tally = self.tally
-        try:
-            async for frame in self.ws:
-                reply: dict[str, Any] = orjson.loads(frame)
-                entry = self.pending.pop(reply.get("requestId", ""), None)
+        progress = self.progress
+        with contextlib.suppress(WebSocketException):
+            async for raw in self.ws:
+                frame = orjson.loads(raw)
+                entry = self.pending.pop(frame.get("requestId", ""), None)
                 if entry is None:
                     continue
-                self.window.release()
-                sequence, due = entry
-                now = time.monotonic()
-                if reply.get("type") != "published":
-                    tally.error(f"publish: {reply.get('message', reply.get('type'))}")
-                    continue
-                if sequence >= len(self.acked):
-                    self.acked.extend(bytes(max(sequence + 1 - len(self.acked), len(self.acked))))
-                self.acked[sequence] = 1
-                tally.acked += 1
-                tally.last_ack = now
-                tally.ack_latency.record(now - due)
-                second = tally.timeline.at(now)
-                second.acked += 1
-                if not tally.with_subscribers:
-                    second.latency.record(now - due)
-        except ConnectionClosed as closed:
-            if closed.rcvd is None or closed.rcvd.code != 1000:
-                tally.error(f"publisher closed: {_close_reason(closed)}", connection=True)
-        finally:
-            # Whatever is still pending will get no answer now: an error each.
-            for _ in self.pending:
-                self.window.release()
-                tally.error("publish: no answer before the connection closed")
-            self.pending.clear()
+                sent, done = entry
+                now = time.perf_counter()
+                if frame.get("type") == "published":
+                    self.acked += 1
+                    progress.acked += 1
+                    progress.ack_latency.add((now - sent) * 1000)
+                    progress.ack_timeline.add(now - progress.started)
+                else:
+                    progress.error(str(frame.get("message", frame)))
+                if not done.done():
+                    done.set_result(None)
+        for _, done in self.pending.values():  # the connection ended: nothing more comes
+            if not done.done():
+                done.set_result(None)
+
+    async def send(self, n: int) -> asyncio.Future[None]:
+        request_id = str(next(self._ids))
+        now = time.perf_counter()
+        data = {"b": self.run, "p": self.index, "n": n, "t": now, "pad": self._pad}
+        envelope = {"type": "publish", "topic": self.workload.topic, "data": data,
+                    "requestId": request_id}  # fmt: skip
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = (now, done)
+        self.progress.sent += 1
+        await self.ws.send(orjson.dumps(envelope).decode())
+        return done
 
 
-def lost(subscribers: list[Subscriber], tally: Tally) -> int:
-    """Acked messages missing at a subscriber, summed over the subscribers.
+async def run_workload(
+    workload: Workload, on_start: Callable[[Progress], None] | None = None
+) -> dict[str, Any]:
+    """Run ``workload``; the raw figures (``report`` turns them into the result)."""
+    run = secrets.token_hex(4)
+    topic = workload.topic or f"bench/{run}"
+    workload = Workload(**{**_fields(workload), "topic": topic})
+    progress = Progress()
+    if on_start is not None:
+        on_start(progress)
+    limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    subscribers: list[Subscriber] = []
+    publishers: list[Publisher] = []
+    tasks: list[asyncio.Task[None]] = []
 
-    The byte maps hold 0 or 1, so AND-ing them as big integers and counting
-    the set bits counts the acked messages a subscriber has, in C speed.
-    """
-    acked = [int.from_bytes(a, "little") for a in tally.acked_by_publisher]
-    acked_counts = [sum(a) for a in tally.acked_by_publisher]
-    missing = 0
-    for subscriber in subscribers:
-        for index, received in enumerate(subscriber.received):
-            have = (int.from_bytes(received, "little") & acked[index]).bit_count()
-            missing += acked_counts[index] - have
-    return missing
+    async def add_subscriber() -> None:
+        async with limit:
+            ws = await _open(workload.ws_url, "", workload.connect_timeout)
+            await ws.send(orjson.dumps({"type": "subscribe", "topic": topic, "requestId": "s"}))
+            reply = orjson.loads(await asyncio.wait_for(ws.recv(), workload.connect_timeout))
+            if reply.get("type") != "subscribed":
+                await ws.close()
+                raise BenchError(f"subscribe refused: {reply.get('message', reply)}")
+            subscribers.append(Subscriber(ws, run, progress, workload.publishers))
+            progress.connected += 1
+
+    async def add_publisher(index: int) -> None:
+        async with limit:
+            ws = await _open(workload.ws_url, workload.token, workload.connect_timeout)
+            publishers.append(Publisher(ws, index, workload, run, progress))
+            progress.connected += 1
+
+    try:
+        await asyncio.gather(
+            *(add_subscriber() for _ in range(workload.subscribers)),
+            *(add_publisher(i) for i in range(workload.publishers)),
+        )
+        publishers.sort(key=lambda p: p.index)
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(s.read()) for s in subscribers]
+        tasks += [loop.create_task(p.read()) for p in publishers]
+        progress.phase = "running"
+        progress.started = time.perf_counter()
+        per_publisher = max(1, workload.max_messages // workload.publishers)
+        drive = _paced if workload.mode == "fanout" else _closed_loop
+        await asyncio.gather(*(drive(p, workload, per_publisher) for p in publishers))
+        published_for = progress.elapsed()
+        progress.phase = "draining"
+        await _drain(workload, progress, publishers, subscribers)
+        return {
+            "run": run,
+            "topic": topic,
+            "published_seconds": published_for,
+            "progress": progress,
+            "publishers": publishers,
+            "subscribers": subscribers,
+        }
+    finally:
+        progress.phase = "done"
+        for task in tasks:
+            task.cancel()
+        sockets = [s.ws for s in subscribers] + [p.ws for p in publishers]
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+def _fields(workload: Workload) -> dict[str, Any]:
+    return {name: getattr(workload, name) for name in Workload.__dataclass_fields__}
+
+
+async def _paced(publisher: Publisher, workload: Workload, count: int) -> None:
+    """Publish at ``rate / publishers`` per second, at most ``in_flight`` unanswered."""
+    interval = workload.publishers / workload.rate
+    window = asyncio.Semaphore(workload.in_flight)
+    start = time.perf_counter()
+    for n in range(count):
+        due = start + n * interval
+        if due - start >= workload.duration:
+            return
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await window.acquire()
+        done = await publisher.send(n)
+        done.add_done_callback(lambda _: window.release())
+
+
+async def _closed_loop(publisher: Publisher, workload: Workload, count: int) -> None:
+    """Send, wait for the ack, send the next, until ``duration`` or ``count``."""
+    end = time.perf_counter() + workload.duration
+    for n in range(count):
+        if time.perf_counter() >= end:
+            return
+        done = await publisher.send(n)
+        try:
+            await asyncio.wait_for(done, workload.drain)
+        except asyncio.TimeoutError:
+            publisher.progress.error("no ack within the drain time")
+            return
+
+
+async def _drain(
+    workload: Workload, progress: Progress, publishers: list[Publisher], subs: list[Subscriber]
+) -> None:
+    """Wait (at most ``drain`` seconds) for the last acks, then for their deliveries."""
+    deadline = time.perf_counter() + workload.drain
+
+    def settled() -> bool:
+        if any(p.pending for p in publishers):
+            return False
+        return all(s.streams[p.index].received >= p.acked for s in subs for p in publishers)
+
+    while time.perf_counter() < deadline:  # polled: the readers know nothing of each other
+        if settled():
+            break
+        await asyncio.sleep(0.05)
+    for publisher in publishers:
+        for _ in publisher.pending:
+            progress.error("no ack within the drain time")

@@ -64,6 +64,7 @@ from ._exceptions import (
 )
 from ._link import MAX_MESSAGE_BYTES
 from ._records import ApiCall, AsyncRecordService, build_request, read_answer, send_failed
+from ._refresh import AsyncTokenRefresher
 from ._sync import DRAIN_TIMEOUT, _log_event, _tell_gap
 from ._types import AsyncGapHandler, AsyncHandler, Message, PublishAck
 
@@ -87,6 +88,9 @@ class AsyncBosBase:
         auth_store: where the token lives (a new, empty one by default).
         timeout: seconds to wait for any reply, or a ``Timeouts``.
         reconnect: the schedule of reconnection attempts.
+        auto_refresh: refresh a built-in token before it expires (``auth-refresh``),
+            so that a long-lived client stays signed in; an open pub/sub socket gets
+            the new token without reconnecting. See ``_refresh``.
 
     Use ``async with AsyncBosBase(...) as client``, or ``await client.close()``:
     that ends its tasks and closes its sockets.
@@ -99,6 +103,7 @@ class AsyncBosBase:
         auth_store: AuthStore | None = None,
         timeout: float | Timeouts = DEFAULT_TIMEOUTS,
         reconnect: Reconnect = DEFAULT_RECONNECT,
+        auto_refresh: bool = True,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self.auth_store = auth_store if auth_store is not None else AuthStore()
@@ -107,6 +112,13 @@ class AsyncBosBase:
         """Publish and subscribe (see ``AsyncPubSub``)."""
         self._http: httpx.AsyncClient | None = None
         self._closed = False
+        self._refresher = (
+            AsyncTokenRefresher(
+                self.auth_store, lambda collection: self.collection(collection).auth_refresh()
+            )
+            if auto_refresh
+            else None
+        )
 
     def collection(self, name: str) -> AsyncRecordService:
         """The record API of a collection, e.g. ``client.collection("users")``."""
@@ -118,6 +130,8 @@ class AsyncBosBase:
         Pending requests fail with ``ClientClosed``. Idempotent.
         """
         self._closed = True
+        if self._refresher is not None:
+            await self._refresher.close()
         await self.pubsub.close()
         http, self._http = self._http, None
         if http is not None:

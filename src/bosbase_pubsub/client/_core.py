@@ -32,9 +32,15 @@ Rules it keeps:
   ``ConnectionClosed`` instead: it may have been stored, and sending it twice
   could store it twice. Requests wait in creation order, so one publisher's
   messages keep their order across the resend.
-* **An identity or handshake change** (sign-in, sign-out, new ``query`` or
-  ``headers``) reconnects: new requests wait, the publishes in flight get
-  their acks, then the socket is closed and reopened with the new handshake.
+* **A new token on an open socket** (a refresh, a sign-in, a sign-out) goes
+  to this server as an ``auth`` frame (ours) on that socket: no reconnect,
+  and the frames after it act with the new identity. A server that refuses
+  it (an official one, an older one, a token it does not take) gets the new
+  token the standard way instead: a reconnect.
+* **Another identity or handshake change** (new ``query`` or ``headers``,
+  or a token while no socket is open) reconnects: new requests wait, the
+  publishes in flight get their acks, then the socket is closed and reopened
+  with the new handshake.
 * **Every request has a deadline**; past it, it fails with ``RequestTimeout``.
 * **You see your own writes**: the server acks a publish before it delivers
   the message, so when this connection subscribes to the topic, the ack is
@@ -177,6 +183,8 @@ class PubSubCore:
         self.server_resumes = False
         """The server sent a ``position``: it keeps the resume extension, so a lost
         publish may be sent again with its key."""
+        self.server_renews_tokens: bool | None = None
+        """Whether the server takes ``auth`` frames: ``None`` until one is answered."""
         self._ids = itertools.count(1)
 
         self._events: list[Event] = []
@@ -229,11 +237,26 @@ class PubSubCore:
     # --- handshake --------------------------------------------------------------------
 
     def set_token(self, token: str, now: float) -> None:
-        """The auth token changed: the next handshake carries it; an open socket
-        reconnects."""
-        if token != self._token:
-            self._token = token
+        """The auth token changed: the next handshake carries it; an open socket to
+        this server gets it in an ``auth`` frame, other sockets reconnect."""
+        if token == self._token:
+            return
+        self._token = token
+        if self._can_send() and self.server_resumes and self.server_renews_tokens is not False:
+            fields = {"type": "auth", "requestId": self._next_id(), "token": token}
+            request = self._request(
+                fields["requestId"], "auth", "", orjson.dumps(fields), now, None
+            )
+            self._register(request)
+            self._send(request)
+        else:
             self._handshake_changed(now)
+
+    def _token_not_renewed(self, now: float, *, unsupported: bool) -> None:
+        """An ``auth`` frame failed: hand the token over with a reconnect instead."""
+        if unsupported:
+            self.server_renews_tokens = False
+        self._handshake_changed(now)
 
     def update_handshake(
         self,
@@ -434,6 +457,11 @@ class PubSubCore:
             self._on_error(envelope, now)
         elif kind in ("published", "subscribed", "unsubscribed", "pong"):
             self._on_reply(kind, envelope, now)
+        elif kind == "authenticated":
+            request = self._requests.get(envelope.get("requestId", ""))
+            if request is not None:
+                self.server_renews_tokens = True
+                self._finish(request)
         # Anything else is from a newer server: ignored.
 
     def connection_failed(self, error: BosBaseError, now: float) -> None:
@@ -644,9 +672,21 @@ class PubSubCore:
         request_id = envelope.get("requestId")
         request = self._requests.get(request_id) if isinstance(request_id, str) else None
         if request is None:
+            topic = envelope.get("topic")
+            entry = self._topics.get(topic) if type(topic) is str and not request_id else None
+            if entry is not None:
+                # Ours: the server withdrew the subscription (the topic rules no
+                # longer allow it after a token change); it is gone there already.
+                del self._topics[entry.name]
+                self._forget_topic(entry)
+                self._events.append(SubscriptionLost(entry.name, server_error(message)))
+                return
             self._events.append(ServerNotice(message))
             return
         self._finish(request)
+        if request.kind == "auth":
+            self._token_not_renewed(now, unsupported=message == protocol.ERR_UNSUPPORTED_TYPE)
+            return
         error = server_error(message)
         if request.kind == "resubscribe":
             entry = self._topics.get(request.topic)
@@ -714,6 +754,9 @@ class PubSubCore:
         self._maybe_finish_drain()
 
     def _expired(self, request: Request, now: float) -> None:
+        if request.kind == "auth":  # internal: nobody waits for it
+            self._token_not_renewed(now, unsupported=False)
+            return
         if request.sent:
             error = RequestTimeout(f"no reply from the server within {request.timeout:g}s")
             if request.kind == "resubscribe" and self._socket_live():

@@ -28,7 +28,7 @@ __all__ = ["HOLD_ACK_FOR", "Deadlines", "HeldAck", "Kind", "Request", "publish_l
 HOLD_ACK_FOR = 2.0
 """At most this long a publish ack waits for its own message (which follows it at once)."""
 
-Kind = Literal["publish", "subscribe", "resubscribe", "unsubscribe"]
+Kind = Literal["publish", "subscribe", "resubscribe", "unsubscribe", "auth"]
 
 
 class Request:

@@ -68,6 +68,7 @@ from ._exceptions import (
 )
 from ._link import Link, wait
 from ._records import ApiCall, RecordService, build_request, read_answer, send_failed
+from ._refresh import TokenRefresher
 from ._types import GapHandler, Handler, Message, PublishAck
 
 __all__ = ["BosBase", "PubSub"]
@@ -92,6 +93,9 @@ class BosBase:
             one between clients to sign them in together.
         timeout: seconds to wait for any reply, or a ``Timeouts`` for finer control.
         reconnect: the schedule of reconnection attempts.
+        auto_refresh: refresh a built-in token before it expires (``auth-refresh``),
+            so that a long-lived client stays signed in; an open pub/sub socket gets
+            the new token without reconnecting. See ``_refresh``.
 
     Use it as a context manager, or call ``close()``: that ends its threads and
     closes its sockets.
@@ -104,6 +108,7 @@ class BosBase:
         auth_store: AuthStore | None = None,
         timeout: float | Timeouts = DEFAULT_TIMEOUTS,
         reconnect: Reconnect = DEFAULT_RECONNECT,
+        auto_refresh: bool = True,
     ) -> None:
         self.base_url = normalize_base_url(base_url)
         self.auth_store = auth_store if auth_store is not None else AuthStore()
@@ -113,6 +118,13 @@ class BosBase:
         self._http: httpx.Client | None = None
         self._http_lock = threading.Lock()
         self._closed = False
+        self._refresher = (
+            TokenRefresher(
+                self.auth_store, lambda collection: self.collection(collection).auth_refresh()
+            )
+            if auto_refresh
+            else None
+        )
 
     def collection(self, name: str) -> RecordService:
         """The record API of a collection, e.g. ``client.collection("users")``."""
@@ -124,6 +136,8 @@ class BosBase:
         Pending requests fail with ``ClientClosed``. Idempotent.
         """
         self._closed = True
+        if self._refresher is not None:
+            self._refresher.close()
         self.pubsub.close()
         with self._http_lock:
             http, self._http = self._http, None

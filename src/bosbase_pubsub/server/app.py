@@ -4,7 +4,8 @@ Lifecycle: open the store, load the signing secrets, start following the
 other nodes' messages (a shared store only), start pruning, then listen. On
 SIGTERM or SIGINT: stop accepting, close every WebSocket with 1001, stop
 following, let queued publishes commit (so every ack already promised
-holds), then close the store.
+holds), then close the store. Under ``serve --workers N`` each worker runs
+this same node (see ``workers``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from .. import protocol
+from .admin import TopicActivity, add_console
 from .auth import Authenticator, add_routes
 from .cluster import Follower, Sequencer
 from .commits import CommitQueue
@@ -31,8 +33,10 @@ from .ids import new_id, now_created
 from .metrics import FeedGauges, Metrics
 from .proxies import TrustedProxies, parse_networks
 from .retention import run_retention
+from .rules import ERR_FORBIDDEN, load_rules
 from .storage import Message, Store, StoreError, open_store
 from .websocket import PubSubEndpoint
+from .workers import WorkerRole
 
 log = logging.getLogger("bosbase_pubsub.server")
 
@@ -57,12 +61,18 @@ class Node:
     node_id: str
     follower: Follower | None = None
     """Delivers other nodes' messages; ``None`` when only this node uses the store."""
+    worker: WorkerRole | None = None
+    """This process's place under ``serve --workers``; ``None`` for a lone process."""
+    address: str = ""
+    """``host:port`` the node listens on, once it does."""
 
 
 NODE = web.AppKey("node", Node)
 
 
-def build_app(config: ServerConfig, store: Store | None = None) -> web.Application:
+def build_app(
+    config: ServerConfig, store: Store | None = None, *, worker: WorkerRole | None = None
+) -> web.Application:
     """The aiohttp application for ``config`` (its store is opened on startup)."""
     store = store or open_store(
         config.db_url, config.data_dir, sqlite_synchronous=config.sqlite_synchronous
@@ -70,13 +80,14 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
     metrics = Metrics()
     hub = Hub(metrics, outbound_buffer_bytes=config.limits.outbound_buffer_bytes)
     node_id = new_id()
+    activity = TopicActivity(hub)  # counts each topic's messages for the console
     feed = store.feed(skip_origin=node_id)
     follower = None
     if feed is None:
-        commits = CommitQueue(store, hub, metrics)
+        commits = CommitQueue(store, activity, metrics)
     else:
         # Own batches and the other nodes' rows reach the hub in seq order.
-        sequencer = Sequencer(hub, node_id)
+        sequencer = Sequencer(activity, node_id)
         commits = CommitQueue(store, sequencer, metrics)
         sequencer.commits = commits
         follower = Follower(feed, sequencer, node_id=node_id)
@@ -90,8 +101,11 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
         limits=config.limits,
         node_id=node_id,
         heartbeat=config.heartbeat,
+        rules=load_rules(config.rules_file),
     )
-    node = Node(config, store, metrics, hub, commits, authenticator, endpoint, node_id, follower)
+    node = Node(
+        config, store, metrics, hub, commits, authenticator, endpoint, node_id, follower, worker
+    )
 
     # Request bodies are bounded above the payload limit; the publish route
     # answers oversized ones itself with the contract's 413 body.
@@ -109,6 +123,7 @@ def build_app(config: ServerConfig, store: Store | None = None) -> web.Applicati
     app.router.add_get("/metrics", metrics_route)
     add_routes(app, authenticator)
     app.cleanup_ctx.append(_lifecycle)
+    add_console(app, node, activity=activity, publish=http_publish)  # after: needs the store
     app.on_shutdown.append(_close_sockets)
     return app
 
@@ -165,20 +180,33 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics_route(request: web.Request) -> web.Response:
+    """``GET /metrics``: this node's, or under ``--workers`` every worker's, labelled."""
     node = request.app[NODE]
+    text = own_metrics(node)
+    if node.worker is not None:
+        text = await node.worker.gather_metrics(text)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def own_metrics_route(request: web.Request) -> web.Response:
+    """This worker's exposition alone (on its Unix socket, for the other workers)."""
+    text = own_metrics(request.app[NODE])
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def own_metrics(node: Node) -> str:
     follower = node.follower
     feed = (
         None
         if follower is None
         else FeedGauges(follower.received, follower.position, follower.degraded)
     )
-    text = node.metrics.render(
+    return node.metrics.render(
         topics=node.hub.topic_count,
         degraded=node.commits.degraded,
         position=node.hub.position,
         feed=feed,
     )
-    return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
 async def http_publish(request: web.Request) -> web.Response:
@@ -207,6 +235,8 @@ async def http_publish(request: web.Request) -> web.Response:
     limits = node.config.limits
     if len(topic) > limits.max_topic_length:
         return api_error(400, f"topic is too long (at most {limits.max_topic_length} characters)")
+    if not node.endpoint.rules.may_publish(identity, topic):
+        return api_error(403, ERR_FORBIDDEN)
     key = envelope.get("key")
     if key is not None and not isinstance(key, str):
         return api_error(400, protocol.ERR_INVALID_FORMAT)
@@ -250,9 +280,10 @@ async def http_publish(request: web.Request) -> web.Response:
     )
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run one node until SIGTERM or SIGINT, then shut down gracefully."""
-    app = build_app(config)
+async def serve(config: ServerConfig, *, worker: WorkerRole | None = None) -> None:
+    """Run one node until SIGTERM or SIGINT (or, as a worker, its supervisor's end),
+    then shut down gracefully."""
+    app = build_app(config, worker=worker)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -260,17 +291,46 @@ async def serve(config: ServerConfig) -> None:
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+    # Workers share the port (SO_REUSEPORT): the kernel spreads connections over them.
+    site = web.TCPSite(
+        runner, config.host, config.port, reuse_address=True, reuse_port=worker is not None
+    )
+    internal: web.AppRunner | None = None
     try:
         await site.start()
         for host, port, *_ in runner.addresses:
-            log.info("serving on http://%s:%d (WebSocket: /api/pubsub)", host, port)
+            app[NODE].address = app[NODE].address or f"{host}:{port}"  # for the console
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if worker is None:
+            for host, port, *_ in runner.addresses:
+                log.info("serving on http://%s:%d (WebSocket: /api/pubsub)", host, port)
+            log.info("operator console on http://%s/_/", app[NODE].address)
+        else:
+            internal = await _serve_own_metrics(app, worker)
+            worker.watch_lifeline(loop, stop.set)
+            worker.report_ready()
+            log.info("worker %d of %d ready", worker.index, worker.count)
         await stop.wait()
         log.info("shutting down")
     finally:
         await runner.cleanup()
+        if internal is not None:
+            await internal.cleanup()
     log.info("stopped")
+
+
+async def _serve_own_metrics(app: web.Application, worker: WorkerRole) -> web.AppRunner:
+    """This worker's metrics on its Unix socket, where the other workers gather them."""
+    internal = web.Application()
+    internal[NODE] = app[NODE]
+    internal.router.add_get("/metrics", own_metrics_route)
+    runner = web.AppRunner(internal, handle_signals=False, access_log=None)
+    await runner.setup()
+    path = worker.metrics_socket()
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # left by a crashed predecessor
+    await web.UnixSite(runner, str(path)).start()
+    return runner

@@ -66,6 +66,11 @@ class CommitQueue:
         """True after a failed commit, until one succeeds."""
 
     @property
+    def depth(self) -> int:
+        """Publishes queued and not yet sent to the store (the operator console shows it)."""
+        return len(self._pending)
+
+    @property
     def committing(self) -> bool:
         """True while a batch is being stored (its outcome is not known yet)."""
         return self._appending is not None and not self._appending.done()

@@ -40,6 +40,87 @@ class Limits:
     """Bytes queued for a subscriber that is not reading; past it, it is closed (slow consumer)."""
 
 
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+KEY_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+"""Public-key algorithms a JWKS key may be used with."""
+MIN_SECRET_LENGTH = {"HS256": 32, "HS384": 48, "HS512": 64}
+"""Shortest shared secret per algorithm: RFC 7518 asks for at least the hash size."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalAuth:
+    """Tokens minted by the user's own backend ("bring your own auth").
+
+    Either a shared ``secret`` (HMAC) or a ``jwks_url`` (public keys), or both.
+    See ``auth.external`` for what a valid token is.
+    """
+
+    secret: str = ""
+    """Shared HMAC secret (at least ``MIN_SECRET_LENGTH`` bytes for the algorithm)."""
+    jwks_url: str = ""
+    """URL of a JSON Web Key Set with the backend's public keys."""
+    issuer: str = ""
+    """Required ``iss`` claim; empty: not checked."""
+    audience: str = ""
+    """Required ``aud`` claim; empty: a token with an ``aud`` is refused."""
+    user_claim: str = "sub"
+    """Claim holding the user id (the identity's record id)."""
+    algorithms: tuple[str, ...] = ()
+    """Accepted ``alg`` values; empty: HS256 for the secret, RS256 and ES256 for the JWKS."""
+    collection: str = "external"
+    """Collection name the identities get (what topic rules can name)."""
+    jwks_timeout: float = 5.0
+    """Seconds a JWKS fetch may take."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret or self.jwks_url)
+
+    @property
+    def accepted_algorithms(self) -> tuple[str, ...]:
+        if self.algorithms:
+            return self.algorithms
+        default: tuple[str, ...] = ()
+        if self.secret:
+            default += ("HS256",)
+        if self.jwks_url:
+            default += ("RS256", "ES256")
+        return default
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming what is wrong with these settings."""
+        if not self.enabled:
+            if self.algorithms or self.issuer or self.audience:
+                raise ValueError("--jwt-issuer/--jwt-audience/--jwt-algorithms need"
+                                 " --jwt-secret or --jwks-url")  # fmt: skip
+            return
+        if self.jwks_url and not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError(f"the JWKS URL must be http(s)://..., got {self.jwks_url!r}")
+        if not self.collection or self.collection in ("users", "_superusers"):
+            raise ValueError(
+                f"the collection of external identities must not be empty or a built-in"
+                f" one, got {self.collection!r}"
+            )
+        if not self.user_claim:
+            raise ValueError("the user id claim must not be empty")
+        if self.jwks_timeout <= 0:
+            raise ValueError("the JWKS timeout must be above 0")
+        for alg in self.accepted_algorithms:
+            if alg in HMAC_ALGORITHMS:
+                if not self.secret:
+                    raise ValueError(f"algorithm {alg} needs --jwt-secret")
+                if len(self.secret.encode()) < MIN_SECRET_LENGTH[alg]:
+                    raise ValueError(
+                        f"the JWT secret must be at least {MIN_SECRET_LENGTH[alg]} bytes for {alg}"
+                    )
+            elif alg in KEY_ALGORITHMS:
+                if not self.jwks_url:
+                    raise ValueError(f"algorithm {alg} needs --jwks-url")
+            else:
+                known = ", ".join(HMAC_ALGORITHMS + KEY_ALGORITHMS)
+                raise ValueError(f"unsupported JWT algorithm {alg!r} (use one of {known})")
+
+
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     token_ttl: dt.timedelta = dt.timedelta(days=7)
@@ -52,6 +133,8 @@ class AuthSettings:
     failed_signins_per_address: int = 20
     """Failed sign-ins per client address within ``failed_signin_window`` before a 429."""
     failed_signin_window: dt.timedelta = dt.timedelta(minutes=5)
+    external: ExternalAuth = field(default_factory=ExternalAuth)
+    """Tokens of the user's own backend, accepted beside the built-in ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +154,8 @@ class ServerConfig:
     data_dir: Path = Path("pb_data")
     db_url: str | None = None
     """``None`` means the embedded SQLite file ``data_dir/data.db``."""
+    workers: int = 1
+    """Processes serving the port (``serve --workers``; more than 1 needs PostgreSQL)."""
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     """SQLite's ``synchronous`` pragma in WAL mode. ``normal`` (PocketBase's
     choice): a commit reaches the operating system before its ack, so acked
@@ -80,6 +165,8 @@ class ServerConfig:
     """Seconds between WebSocket pings; a peer that does not answer in half of it is dropped."""
     shutdown_timeout: float = 10.0
     """Seconds a graceful shutdown waits for acked commits and closing sockets."""
+    rules_file: Path | None = None
+    """The topic rules (``rules``); ``None``: anyone subscribes, any identity publishes."""
     trusted_proxies: str = ""
     """Comma-separated networks (CIDRs) of reverse proxies whose ``X-Forwarded-For``
     names the client (see ``proxies``); empty: the header is ignored."""

@@ -166,6 +166,10 @@ class Hub:
     def topic_count(self) -> int:
         return len(self._topics)
 
+    def topic_names(self) -> list[str]:
+        """The topics with at least one live subscriber."""
+        return list(self._topics)
+
     def subscriber_count(self, topic: str) -> int:
         return len(self._topics.get(topic, ()))
 

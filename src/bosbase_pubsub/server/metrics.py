@@ -35,6 +35,7 @@ class Metrics:
         self.delivered = 0
         self.slow_consumer_closes = 0
         self.oversized_frame_closes = 0
+        self.token_renewals = 0
         self.commits = 0
         self.commit_bucket_counts = [0] * (len(COMMIT_BUCKETS) + 1)
         self.commit_seconds_sum = 0.0
@@ -83,6 +84,12 @@ class Metrics:
             "counter",
             "Connections closed because their outbound buffer overflowed.",
             self.slow_consumer_closes,
+        )
+        metric(
+            "pubsub_token_renewals_total",
+            "counter",
+            "Tokens replaced on open connections with an auth message.",
+            self.token_renewals,
         )
         metric(
             "pubsub_messages_pruned_total",

@@ -1,7 +1,10 @@
 """The ``/api/pubsub`` WebSocket endpoint: one ``Connection`` per socket.
 
-The identity is read once, at the handshake (see ``auth``); a token's expiry
-is still enforced on every publish. Requests are parsed by the pure
+The identity is read at the handshake (see ``auth``) and replaced by an
+``auth`` frame (ours: a fresh token on the open socket, so a long-lived
+connection outlives its token); a token's expiry is enforced on every
+publish. The frames after an ``auth`` are read only once its token is
+checked, so they act with the identity it gives. Requests are parsed by the pure
 ``protocol`` module; this module applies the node's limits, talks to the hub
 and the commit queue, and writes replies.
 
@@ -26,7 +29,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import cast
+from collections.abc import Coroutine
+from typing import Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -38,6 +42,7 @@ from .hub import PING_FRAME, Hub, Subscriber
 from .ids import new_id, now_created
 from .metrics import Metrics
 from .resume import catch_up
+from .rules import ERR_FORBIDDEN, Rules
 from .storage import Message, Store, StoreError
 
 log = logging.getLogger("bosbase_pubsub.websocket")
@@ -96,8 +101,10 @@ class PubSubEndpoint:
         limits: Limits,
         node_id: str,
         heartbeat: float,
+        rules: Rules | None = None,
     ) -> None:
         self.hub = hub
+        self.rules = rules or Rules.default()
         self.store = store
         self.commits = commits
         self.authenticator = authenticator
@@ -156,6 +163,10 @@ class PubSubEndpoint:
                 del self._per_address[peer]
         return ws
 
+    def identities(self) -> list[Identity | None]:
+        """The identity of every open connection (``None``: anonymous), for the console."""
+        return [connection.identity for connection in self._connections]
+
     async def _beat(self) -> None:
         """Ping the connections that went quiet, drop those that stayed quiet (see the module)."""
         while True:
@@ -166,7 +177,12 @@ class PubSubEndpoint:
                 log.exception("heartbeat round failed")
 
     def _look_at_connections(self) -> None:
+        now = time.time()
         for connection in list(self._connections):
+            identity = connection.identity
+            if identity is not None and identity.expires_at <= now:
+                connection.identity = None  # expired: what it opened is checked again
+                connection.recheck_subscriptions()
             subscriber = connection.subscriber
             if connection.heard:
                 connection.heard = connection.pinged = False
@@ -247,7 +263,10 @@ class Connection:
             msg = await ws.receive()
             self.heard = True
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                self.handle_frame(msg.data)
+                token_check = self.handle_frame(msg.data)
+                if token_check is not None:
+                    # Frames after an ``auth`` act with the identity it gives: read on after it.
+                    await token_check
             elif msg.type is WSMsgType.PING:
                 with contextlib.suppress(ConnectionError):  # closing meanwhile: nothing to answer
                     await ws.pong(msg.data)
@@ -261,7 +280,8 @@ class Connection:
             else:  # CLOSE, CLOSING, CLOSED
                 return
 
-    def handle_frame(self, frame: str | bytes) -> None:
+    def handle_frame(self, frame: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """Act on one frame; an ``auth`` returns its token check, for ``serve`` to await."""
         request = protocol.parse_request(frame)
         if isinstance(request, protocol.Publish):
             self.publish(request)
@@ -275,8 +295,43 @@ class Connection:
             self.reply(protocol.unsubscribed_frame(request.request_id))
         elif isinstance(request, protocol.Ping):
             self.reply(protocol.pong_frame(request.request_id))
+        elif isinstance(request, protocol.Auth):
+            return self.authenticate(request)
         else:
             self.reply(protocol.error_frame(request.request_id, request.message))
+        return None
+
+    async def authenticate(self, request: protocol.Auth) -> None:
+        """Replace the connection's identity by the one ``request.token`` proves.
+
+        A token that proves nothing (or cannot be checked now) is refused with
+        an error and changes nothing: a client refreshing ahead of expiry
+        keeps what it had. An empty token signs the connection out.
+        """
+        identity: Identity | None = None
+        if request.token:
+            try:
+                identity = await self.endpoint.authenticator.verify_token(
+                    request.token, source="message"
+                )
+            except StoreError as error:
+                log.warning("store unavailable to check a token: %s", error)
+                self.reply(protocol.error_frame(request.request_id, protocol.ERR_TOKEN_UNCHECKED))
+                return
+            if identity is None or identity.expires_at <= time.time():
+                self.reply(protocol.error_frame(request.request_id, protocol.ERR_TOKEN_INVALID))
+                return
+        self.identity = identity
+        self.endpoint.metrics.token_renewals += 1
+        self.recheck_subscriptions()
+        self.reply(
+            protocol.authenticated_frame(
+                request.request_id,
+                None if identity is None else identity.collection_name,
+                None if identity is None else identity.record_id,
+                None if identity is None else identity.expires_at,
+            )
+        )
 
     def reply(self, frame: bytes) -> None:
         self.subscriber.send(frame)
@@ -290,6 +345,9 @@ class Connection:
         topics = self.subscriber.topics
         if topic not in topics and len(topics) >= limits.max_subscriptions:
             self.reply(protocol.error_frame(request.request_id, err_too_many_subscriptions(limits)))
+            return
+        if not self.endpoint.rules.may_subscribe(self.identity, topic):
+            self.reply(protocol.error_frame(request.request_id, ERR_FORBIDDEN))
             return
         hub = self.endpoint.hub
         resume = protocol.parse_position(request.since) if request.since else None
@@ -324,6 +382,21 @@ class Connection:
         self.replays[topic] = task
         task.add_done_callback(lambda done: self._replay_done(topic, done))
 
+    def recheck_subscriptions(self) -> None:
+        """After an identity change: leave each topic the rules no longer allow, and say so.
+
+        The notice is ``{"type": "error", "topic": ..., "message": ERR_FORBIDDEN}``
+        (no ``requestId``: nothing asked for it); the connection stays open.
+        """
+        rules = self.endpoint.rules
+        if rules.is_default:
+            return
+        for topic in list(self.subscriber.topics):
+            if not rules.may_subscribe(self.identity, topic):
+                self.stop_replays(topic)
+                self.endpoint.hub.unsubscribe(self.subscriber, [topic])
+                self.reply(protocol.topic_error_frame(topic, ERR_FORBIDDEN))
+
     def _replay_done(self, topic: str, task: asyncio.Task[None]) -> None:
         if self.replays.get(topic) is task:
             del self.replays[topic]
@@ -340,6 +413,9 @@ class Connection:
             return
         if len(request.topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request_id, err_topic_too_long(limits)))
+            return
+        if not endpoint.rules.may_publish(identity, request.topic):
+            self.reply(protocol.error_frame(request_id, ERR_FORBIDDEN))
             return
         if self.bucket is not None and not self.bucket.take():
             self.reply(protocol.error_frame(request_id, err_rate_limited(limits)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bosbase_pubsub.server.storage import Message, Store, StoreError, open_store
+from bosbase_pubsub.server.storage import AuthRecord, Message, Store, StoreError, open_store
 
 from .conftest import message
 
@@ -137,3 +137,61 @@ async def test_a_key_is_stored_once_per_publisher(store: Store) -> None:
     fresh = [s.seq for s, b in zip(stored, batch, strict=True) if s.id == b.id]
     assert fresh == list(range(fresh[0], fresh[0] + 3))
     assert await count(store) == 4
+
+
+async def test_browse_pages_newest_first_by_topic_and_finds_a_time(store: Store) -> None:
+    times = [f"2030-01-01 00:00:{n:02d}.000Z" for n in range(7)]
+    stored = await store.append(
+        [message("a" if n % 2 == 0 else "b", created=times[n]) for n in range(7)]
+    )
+    seqs = [m.seq for m in stored]
+    everything = await store.browse(None, None, 100)
+    assert [m.seq for m in everything] == seqs[::-1]
+    # Topic "a" holds the even ones: paging by the last seq seen, newest first.
+    first = await store.browse("a", None, 2)
+    assert [m.seq for m in first] == [seqs[6], seqs[4]]
+    second = await store.browse("a", first[-1].seq, 2)
+    assert [m.seq for m in second] == [seqs[2], seqs[0]]
+    assert await store.browse("a", second[-1].seq, 2) == []
+    assert second[0].data == stored[2].data
+    assert second[0].created == times[2]
+    # A time becomes a position to page from (the newest created at or before it).
+    assert await store.position_at(times[3]) == seqs[3]
+    assert await store.position_at("2030-01-01 00:00:03.500Z") == seqs[3]
+    assert await store.position_at("2029-12-31 00:00:00.000Z") == 0
+    assert await store.position_at("2031-01-01 00:00:00.000Z") == seqs[6]
+
+
+async def test_accounts_are_listed_newest_first_counted_and_deleted(store: Store) -> None:
+    accounts = store.accounts
+    for n in range(3):
+        await accounts.insert(
+            AuthRecord(
+                id=f"user{n:011d}",
+                collection="users",
+                email=f"u{n}@example.com",
+                password_hash="x",
+                token_key="k",
+                verified=False,
+                email_visibility=False,
+                name="",
+                created=f"2030-01-01 00:00:0{n}.000Z",
+                updated=f"2030-01-01 00:00:0{n}.000Z",
+            )
+        )
+    assert await accounts.count("users") == 3
+    page = await accounts.list_records("users", offset=1, limit=5)
+    assert [record.email for record in page] == ["u1@example.com", "u0@example.com"]
+    assert await accounts.delete("users", "user00000000001")
+    assert not await accounts.delete("users", "user00000000001")
+    assert await accounts.find_by_id("users", "user00000000001") is None
+    assert await accounts.count("users") == 2
+
+
+async def test_node_reports_are_seen_until_forgotten(store: Store) -> None:
+    await store.report_node("node-a", b'{"connections":3}')
+    assert await store.node_reports(60) == {"node-a": b'{"connections":3}'}
+    await store.report_node("node-a", b'{"connections":4}')
+    assert await store.node_reports(60) == {"node-a": b'{"connections":4}'}
+    await store.forget_node("node-a")
+    assert await store.node_reports(60) == {}

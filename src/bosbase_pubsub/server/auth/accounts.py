@@ -7,10 +7,13 @@ timestamp records the same way.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from ..storage.base import AccountStore, AuthRecord, DuplicateRecordError
 from .collections import AuthCollection
 from .errors import EmailTakenError
+from .forms import parse_new_account
 from .passwords import PasswordHasher
 from .records import new_record_id, new_token_key, timestamp
 
@@ -70,3 +73,28 @@ async def change_password(
         changed.collection, changed.id, changed.password_hash, changed.token_key, changed.updated
     )
     return changed
+
+
+async def create_from_form(
+    accounts: AccountStore,
+    hasher: PasswordHasher,
+    collection: AuthCollection,
+    body: Mapping[str, Any],
+    *,
+    manager: bool,
+) -> AuthRecord:
+    """A sign-up body (``parse_new_account``) made into a stored account (``create_account``).
+
+    Raises ``InvalidInputError`` for the body's problems (an email taken included).
+    """
+    account = parse_new_account(body, collection, manager=manager)
+    return await create_account(
+        accounts,
+        hasher,
+        collection,
+        email=account.email,
+        password=account.password,
+        name=account.name,
+        email_visibility=account.email_visibility,
+        verified=account.verified,
+    )

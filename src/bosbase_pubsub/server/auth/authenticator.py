@@ -10,7 +10,8 @@
 
 The HTTP API and the WebSocket handshake resolve identities the same way:
 see ``identity`` for the carriers and the cookie rule, ``tokens`` for what a
-valid token is.
+valid token is, and ``external`` for the tokens of the user's own backend
+(accepted where an identity is asked for, never for the account routes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from ..config import AuthSettings
 from ..storage.base import AccountStore, AuthRecord
+from .external import ExternalTokens
 from .identity import cookie_origin_allowed, find_token
 from .passwords import PasswordHasher
 from .ratelimit import SigninLimiter
@@ -52,6 +54,8 @@ class Authenticator:
             per_identity=settings.failed_signins_per_identity,
             window=settings.failed_signin_window.total_seconds(),
         )
+        self.external = ExternalTokens(settings.external) if settings.external.enabled else None
+        """Verifier of the user's backend's tokens; ``None`` unless configured."""
         self._decoy_hash: str | None = None
 
     async def start(self) -> None:
@@ -76,19 +80,35 @@ class Authenticator:
         Raises ``StoreError`` only when the account store fails.
         """
         verified = await self.tokens.verify(token, source=source)
-        return None if verified is None else verified.identity
+        if verified is not None:
+            return verified.identity
+        if self.external is not None:
+            return await self.external.verify(token, source=source)
+        return None
+
+    def _token_of(
+        self, request: web.BaseRequest, allow_query_and_cookie: bool
+    ) -> tuple[str, TokenSource] | None:
+        """The token ``request`` carries and where, if it may be used."""
+        found = find_token(request, allow_query_and_cookie=allow_query_and_cookie)
+        if found is None:
+            return None
+        if found[1] == "cookie" and not cookie_origin_allowed(request, self.settings.origins):
+            return None
+        return found
 
     async def resolve(
         self, request: web.BaseRequest, *, allow_query_and_cookie: bool = True
     ) -> Verified | None:
-        """Like ``identify``, but also return the record the token belongs to."""
-        found = find_token(request, allow_query_and_cookie=allow_query_and_cookie)
+        """Like ``identify`` for the built-in tokens, and also return their record.
+
+        External tokens have no record here: they resolve to ``None``, so the
+        account routes never act for them.
+        """
+        found = self._token_of(request, allow_query_and_cookie)
         if found is None:
             return None
-        token, source = found
-        if source == "cookie" and not cookie_origin_allowed(request, self.settings.origins):
-            return None
-        return await self.tokens.verify(token, source=source)
+        return await self.tokens.verify(found[0], source=found[1])
 
     async def identify(
         self, request: web.BaseRequest, *, allow_query_and_cookie: bool = True
@@ -100,12 +120,16 @@ class Authenticator:
         then the ``pb_auth`` cookie; the first one present decides, and a
         missing, invalid or expired token means anonymous, never an error. A
         cookie token is ignored on cross-site requests (an ``Origin`` that is
-        neither the server's nor listed in ``AuthSettings.origins``).
+        neither the server's nor listed in ``AuthSettings.origins``). With
+        ``AuthSettings.external`` configured, a token that is not a built-in
+        one is checked as one of the user's backend (see ``external``).
 
         Raises ``StoreError`` only when the account store fails.
         """
-        verified = await self.resolve(request, allow_query_and_cookie=allow_query_and_cookie)
-        return None if verified is None else verified.identity
+        found = self._token_of(request, allow_query_and_cookie)
+        if found is None:
+            return None
+        return await self.verify_token(found[0], source=found[1])
 
     async def identify_header(self, request: web.BaseRequest) -> Identity | None:
         """``identify`` from the ``Authorization`` header alone (for REST routes)."""

@@ -32,13 +32,12 @@ from aiohttp import web
 
 from ..errors import api_error, json_response
 from ..storage.base import StoreError
-from .accounts import change_password, create_account
+from .accounts import change_password, create_from_form
 from .authenticator import AUTHENTICATOR_KEY, Authenticator
 from .collections import AuthCollection, find_collection
 from .errors import InvalidInputError, UnreadableBodyError
 from .forms import (
     INVALID_OLD_PASSWORD,
-    parse_new_account,
     parse_password_change,
     parse_sign_in,
 )
@@ -205,16 +204,9 @@ class AuthRoutes:
         if not manager and (collection.is_superusers or not self._auth.settings.signup):
             return api_error(403, SUPERUSERS_ONLY)
         try:
-            account = parse_new_account(await read_body(request), collection, manager=manager)
-            record = await create_account(
-                self._auth.accounts,
-                self._auth.hasher,
-                collection,
-                email=account.email,
-                password=account.password,
-                name=account.name,
-                email_visibility=account.email_visibility,
-                verified=account.verified,
+            body = await read_body(request)
+            record = await create_from_form(
+                self._auth.accounts, self._auth.hasher, collection, body, manager=manager
             )
         except UnreadableBodyError:
             return api_error(400, "Failed to read the submitted data.")

@@ -33,8 +33,8 @@ import jwt
 from ..storage.base import AccountStore, AuthRecord
 from .collections import COLLECTIONS, SUPERUSERS, AuthCollection, find_collection
 
-TokenSource = Literal["header", "query", "cookie"]
-"""Where a request carried its token."""
+TokenSource = Literal["header", "query", "cookie", "message"]
+"""Where a request carried its token (``message``: an ``auth`` frame on an open socket)."""
 
 ALGORITHM = "HS256"
 MAX_TOKEN_LENGTH = 4096
@@ -56,7 +56,7 @@ class Identity:
     expires_at: float
     """Unix time (seconds) after which the token, and what it opened, is no longer valid."""
     source: TokenSource
-    """Where the token came from: ``header``, ``query`` or ``cookie``."""
+    """Where the token came from: ``header``, ``query``, ``cookie`` or ``message``."""
     refreshable: bool = True
 
     @property

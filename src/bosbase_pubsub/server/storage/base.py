@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -113,6 +114,18 @@ class AccountStore(abc.ABC):
         """Replace a record's password hash and token key."""
 
     @abc.abstractmethod
+    async def list_records(self, collection: str, *, offset: int, limit: int) -> list[AuthRecord]:
+        """At most ``limit`` records of ``collection`` after the first ``offset``, newest first."""
+
+    @abc.abstractmethod
+    async def count(self, collection: str) -> int:
+        """How many records ``collection`` holds."""
+
+    @abc.abstractmethod
+    async def delete(self, collection: str, record_id: str) -> bool:
+        """Delete a record (its tokens stop verifying); ``False`` if there was none."""
+
+    @abc.abstractmethod
     async def secret(self, name: str, candidate: str) -> str:
         """The secret stored under ``name``; stores ``candidate`` first if there is none.
 
@@ -165,6 +178,8 @@ class Store(abc.ABC):
     """Durable storage of messages and accounts for one node."""
 
     accounts: AccountStore
+    _node_reports: dict[str, tuple[float, bytes]]
+    """This node's reports, where no other node shares the store (see ``report_node``)."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -189,6 +204,34 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def read_topic(self, topic: str, after: int, through: int, limit: int) -> list[Message]:
         """At most ``limit`` messages of ``topic`` with ``after < seq <= through``, by ``seq``."""
+
+    @abc.abstractmethod
+    async def browse(self, topic: str | None, before: int | None, limit: int) -> list[Message]:
+        """At most ``limit`` messages with ``seq < before`` (any when None), newest first.
+
+        Only ``topic``'s when it is given. Pages through the index on
+        ``(topic, seq)`` (or the primary key): pass the last ``seq`` of a page
+        as the next page's ``before``.
+        """
+
+    async def position_at(self, created: str) -> int:
+        """The ``seq`` of the newest message created at or before ``created``; 0 if none.
+
+        A binary search over ``seq`` with one primary-key lookup per step
+        (``created`` has no index): it takes ``created`` to grow with ``seq``,
+        which holds but for the clock differences between nodes, so the
+        answer is exact on one node and close on a cluster.
+        """
+        low, high = 0, (await self.positions()).newest
+        while low < high:  # the answer is in [low, high]
+            middle = (low + high + 1) // 2
+            found = await self.browse(None, middle + 1, 1)  # the newest at or below middle
+            if not found or found[0].created <= created:
+                low = middle
+            else:
+                high = middle - 1
+        found = await self.browse(None, low + 1, 1)
+        return found[0].seq if found and found[0].created <= created else 0
 
     @abc.abstractmethod
     async def positions(self) -> Positions:
@@ -216,6 +259,29 @@ class Store(abc.ABC):
         ``None`` when only this node uses the store.
         """
         return None
+
+    async def report_node(self, node_id: str, report: bytes) -> None:
+        """Publish ``report`` (a JSON object) as what node ``node_id`` says about itself now.
+
+        Every node sharing the store sees it in ``node_reports``. A store only
+        one node uses keeps it in memory.
+        """
+        self._reports()[node_id] = (time.time(), report)
+
+    async def forget_node(self, node_id: str) -> None:
+        """Drop ``node_id``'s report (it is shutting down)."""
+        self._reports().pop(node_id, None)
+
+    async def node_reports(self, within: float) -> dict[str, bytes]:
+        """The latest report of every node that reported in the last ``within`` seconds."""
+        horizon = time.time() - within
+        return {node: report for node, (at, report) in self._reports().items() if at >= horizon}
+
+    def _reports(self) -> dict[str, tuple[float, bytes]]:
+        # Created on first use: the backends' __init__ need not know about it.
+        if "_node_reports" not in self.__dict__:
+            self._node_reports = {}
+        return self._node_reports
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:

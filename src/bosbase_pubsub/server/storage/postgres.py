@@ -311,6 +311,14 @@ DROP INDEX IF EXISTS idx_pubsub_messages_created;
     # 5: _pubsub_store_batch notifies unless the session set NOTIFY_SETTING to 'off'
     # (nodes of earlier versions never set it, and so always notify).
     _MIGRATION_3.replace(_NOTIFY_ALWAYS, _NOTIFY_UNLESS_OFF),
+    # 6: the nodes' heartbeats, for the operator console (Store.report_node).
+    """
+CREATE TABLE IF NOT EXISTS _pubsub_nodes (
+    id     TEXT PRIMARY KEY,
+    report JSON NOT NULL,
+    seen   TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+""",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -562,19 +570,27 @@ class PostgresStore(Store):
                 through,
                 limit,
             )
-        return [
-            Message(
-                id=row[1],
-                topic=row[2],
-                data=row[3].encode(),
-                origin=row[4],
-                created_by=row[5],
-                created=row[6],
-                seq=row[0],
-                key=row[7],
-            )
-            for row in rows
-        ]
+        return [_row_message(row) for row in rows]
+
+    async def browse(self, topic: str | None, before: int | None, limit: int) -> list[Message]:
+        # NULLs switch a condition off; the planner still walks (topic, seq) or the
+        # primary key backwards, as each query is planned for its parameters' values.
+        where = []
+        params: list[object] = []
+        if topic is not None:
+            params.append(topic)
+            where.append(f"topic = ${len(params)}")
+        if before is not None:
+            params.append(before)
+            where.append(f"seq < ${len(params)}")
+        params.append(limit)
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq DESC LIMIT ${len(params)}"
+        with translate_errors("browse"):
+            rows = await self.pool.fetch(sql, *params)
+        return [_row_message(row) for row in rows]
 
     async def positions(self) -> Positions:
         with translate_errors("positions"):
@@ -639,6 +655,34 @@ class PostgresStore(Store):
         finally:
             self._listeners_look = None
 
+    # ------------------------------------------------------------------ nodes
+
+    async def report_node(self, node_id: str, report: bytes) -> None:
+        with translate_errors("report node"):
+            await self.pool.execute(
+                "INSERT INTO _pubsub_nodes (id, report, seen) VALUES ($1, $2, now())"
+                " ON CONFLICT (id) DO UPDATE SET report = EXCLUDED.report, seen = now()",
+                node_id,
+                report.decode(),
+            )
+            # Nodes that stopped without a goodbye (killed) leave a row behind.
+            await self.pool.execute(
+                "DELETE FROM _pubsub_nodes WHERE seen < now() - interval '1 hour'"
+            )
+
+    async def forget_node(self, node_id: str) -> None:
+        with translate_errors("forget node"):
+            await self.pool.execute("DELETE FROM _pubsub_nodes WHERE id = $1", node_id)
+
+    async def node_reports(self, within: float) -> dict[str, bytes]:
+        with translate_errors("node reports"):
+            rows = await self.pool.fetch(
+                "SELECT id, report::text FROM _pubsub_nodes"
+                " WHERE seen >= now() - make_interval(secs => $1) ORDER BY id",
+                within,
+            )
+        return {row[0]: row[1].encode() for row in rows}
+
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         key = lock_key(f"bosbase_pubsub.exclusive.{name}")
@@ -657,6 +701,20 @@ class PostgresStore(Store):
         finally:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await self.pool.release(connection)
+
+
+def _row_message(row: asyncpg.Record) -> Message:
+    """A message from a row of ``_MESSAGE_COLUMNS``."""
+    return Message(
+        id=row[1],
+        topic=row[2],
+        data=row[3].encode(),
+        origin=row[4],
+        created_by=row[5],
+        created=row[6],
+        seq=row[0],
+        key=row[7],
+    )
 
 
 def _stored(messages: Sequence[Message], row: asyncpg.Record) -> list[Message]:
@@ -759,6 +817,28 @@ class PostgresAccounts(AccountStore):
                 updated,
                 record_id,
             )
+
+    async def list_records(self, collection: str, *, offset: int, limit: int) -> list[AuthRecord]:
+        table = self._table(collection)
+        with translate_errors("list accounts"):
+            rows = await self._store.pool.fetch(
+                f"SELECT {_RECORD_COLUMNS} FROM {table}"
+                " ORDER BY created DESC, id DESC LIMIT $1 OFFSET $2",
+                limit,
+                offset,
+            )
+        return [record for row in rows if (record := self._record(collection, row))]
+
+    async def count(self, collection: str) -> int:
+        table = self._table(collection)
+        with translate_errors("count accounts"):
+            return int(await self._store.pool.fetchval(f"SELECT count(*) FROM {table}"))
+
+    async def delete(self, collection: str, record_id: str) -> bool:
+        table = self._table(collection)
+        with translate_errors("delete account"):
+            status = await self._store.pool.execute(f"DELETE FROM {table} WHERE id = $1", record_id)
+        return str(status) != "DELETE 0"
 
     async def secret(self, name: str, candidate: str) -> str:
         with translate_errors("secret"):

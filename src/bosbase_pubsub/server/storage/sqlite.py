@@ -195,6 +195,26 @@ class SqliteStore(Store):
 
         return await self.run(read)
 
+    async def browse(self, topic: str | None, before: int | None, limit: int) -> list[Message]:
+        where: list[str] = []
+        params: list[object] = []
+        if topic is not None:
+            where.append("topic = ?")
+            params.append(topic)
+        if before is not None:
+            where.append("seq < ?")
+            params.append(before)
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"  # (topic, seq) or the rowid, walked backwards
+
+        def read(connection: sqlite3.Connection) -> list[Message]:
+            rows = connection.execute(sql, (*params, limit)).fetchall()
+            return [_message(row) for row in rows]
+
+        return await self.run(read)
+
     async def positions(self) -> Positions:
         def read(connection: sqlite3.Connection) -> Positions:
             newest = connection.execute(
@@ -365,6 +385,29 @@ class SqliteAccounts(AccountStore):
                 (password_hash, token_key, updated, record_id),
             )
         )
+
+    async def list_records(self, collection: str, *, offset: int, limit: int) -> list[AuthRecord]:
+        table = self._table(collection)
+        rows = await self._store.run(
+            lambda c: c.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM {table}"
+                " ORDER BY created DESC, id DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        )
+        return [record for row in rows if (record := self._record(collection, row))]
+
+    async def count(self, collection: str) -> int:
+        table = self._table(collection)
+        row = await self._store.run(lambda c: c.execute(f"SELECT count(*) FROM {table}").fetchone())
+        return int(row[0])
+
+    async def delete(self, collection: str, record_id: str) -> bool:
+        table = self._table(collection)
+        cursor = await self._store.run(
+            lambda c: c.execute(f"DELETE FROM {table} WHERE id = ?", (record_id,))
+        )
+        return cursor.rowcount > 0
 
     async def secret(self, name: str, candidate: str) -> str:
         def read_or_store(connection: sqlite3.Connection) -> str:
