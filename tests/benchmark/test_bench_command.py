@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+from ..conftest import StartServer
 from ..servers import ServerProcess, cli
 
 FIELDS = {
     "mode", "url", "topic", "subscribers", "publishers", "rate", "payload_bytes",
-    "duration_s", "published", "acked", "acked_per_s", "deliveries", "expected_deliveries",
+    "duration_s", "due", "published", "acked", "acked_per_s", "deliveries", "expected_deliveries",
     "deliveries_per_s", "lost", "duplicates", "gaps", "errors", "first_error",
     "delivery_latency", "ack_latency", "timeline", "client",
 }  # fmt: skip
@@ -26,6 +29,8 @@ def test_a_fanout_run_delivers_everything_and_writes_its_json_and_plot(
     document = json.loads(out.read_text())
     assert set(document) == FIELDS
     assert document["acked"] == document["published"] > 300
+    assert document["published"] <= document["due"] == 400  # 200/s for 2 s
+    assert document["client"]["cpu_percent"] > 0
     assert document["deliveries"] == document["expected_deliveries"] == document["acked"] * 20
     assert (document["lost"], document["duplicates"], document["gaps"]) == (0, 0, 0)
     assert document["errors"] == 0
@@ -72,3 +77,33 @@ def test_a_server_off_loopback_is_refused_unless_allowed() -> None:
     assert "--allow-remote" in result.stderr
     too_many = cli("bench", "--subscribers", "9999", "--publishers", "2")
     assert too_many.returncode == 2
+
+
+def test_a_server_that_goes_away_ends_the_run_with_its_close_code(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server()
+    out = tmp_path / "gone.json"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bosbase_pubsub.cli", "bench", "--url", server.url,
+         "--subscribers", "5", "--rate", "100", "--duration", "120", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert bench.stderr is not None
+        # Off a terminal the progress line comes every 2 s: the first says it runs.
+        for line in bench.stderr:
+            if "running" in line:
+                break
+        server.stop()
+        # Well before its 120 s: the connections are gone, nothing is left to wait for.
+        _, errors = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+    assert bench.returncode == 3, errors
+    document = json.loads(out.read_text())
+    assert document["acked"] > 0
+    assert document["errors"] > 0
+    assert "closed with 1001: the server is shutting down" in document["first_error"]

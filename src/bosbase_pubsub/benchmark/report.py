@@ -10,6 +10,9 @@ from typing import Any
 
 from .workload import Progress, Publisher, Subscriber, Workload
 
+CLIENT_BOUND_PERCENT = 90.0
+"""Above this share of one core, this process is likely what limits the figures."""
+
 
 def result(workload: Workload, raw: dict[str, Any], url: str) -> dict[str, Any]:
     """The JSON document of one run (the fields ``bench --json`` writes)."""
@@ -29,6 +32,12 @@ def result(workload: Workload, raw: dict[str, Any], url: str) -> dict[str, Any]:
         "rate": workload.rate if workload.mode == "fanout" else None,
         "payload_bytes": workload.payload,
         "duration_s": round(seconds, 3),
+        # fanout: the publishes the rate made due within the duration (the offered load).
+        "due": (
+            min(workload.max_messages, int(workload.rate * workload.duration))
+            if workload.mode == "fanout"
+            else None
+        ),
         "published": progress.sent,
         "acked": progress.acked,
         "acked_per_s": progress.acked / seconds,
@@ -48,6 +57,7 @@ def result(workload: Workload, raw: dict[str, Any], url: str) -> dict[str, Any]:
             "acks": progress.ack_timeline.slots,
         },
         "client": {
+            "cpu_percent": round(raw["client_cpu_percent"], 1),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "taken": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -79,10 +89,30 @@ def table(document: dict[str, Any]) -> str:
             )  # fmt: skip
     if document["first_error"]:
         rows.append(("first error", document["first_error"]))
+    rows.append(("client CPU", f"{document['client']['cpu_percent']:.0f} % of one core"))
     width = max(len(name) for name, _ in rows)
     head = (f"{document['mode']}: {document['subscribers']} subscribers, {document['publishers']}"
             f" publishers, {document['duration_s']:g} s")  # fmt: skip
-    return "\n".join([head, *(f"  {name.ljust(width)}  {value}" for name, value in rows)])
+    return "\n".join(
+        [head, *(f"  {name.ljust(width)}  {value}" for name, value in rows), *_notes(document)]
+    )
+
+
+def _notes(document: dict[str, Any]) -> list[str]:
+    """What makes the figures say less than they seem to."""
+    notes = []
+    due = document["due"]
+    if due is not None and document["published"] < 0.99 * due:
+        notes.append(
+            f"note: the publishers fell behind the rate: {document['published']:,} of"
+            f" {due:,} due were sent (waiting for acks, or for the server to read)"
+        )
+    if document["client"]["cpu_percent"] >= CLIENT_BOUND_PERCENT:
+        notes.append(
+            "note: this process used most of a core: the figures may be its limit, not the"
+            " server's (fewer subscribers, or several bench processes)"
+        )
+    return notes
 
 
 def plot(document: dict[str, Any], path: Path, latencies_ms: list[float]) -> None:
