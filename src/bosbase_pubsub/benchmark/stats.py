@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -35,8 +36,10 @@ class Reservoir:
         if not self.samples:
             return None
         ordered = sorted(self.samples)
-        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
-        return ordered[rank]
+        # Nearest rank: the ceil(q% of n)-th value (round() would round 99.5 to 100,
+        # the even neighbour, and make the p99 of 100 samples their maximum).
+        rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
+        return ordered[rank - 1]
 
     def summary(self) -> dict[str, float | None]:
         return {
