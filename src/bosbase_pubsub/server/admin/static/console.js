@@ -251,6 +251,7 @@ async function searchMessages(event) {
   $("#messages tbody").replaceChildren();
   $("#message-json").textContent = "Select a message to see its JSON.";
   state.next = null;
+  state.searches = (state.searches || 0) + 1; // an answer to an earlier search is dropped
   await loadMessages();
   if ($("#follow").checked) startFollowing();
 }
@@ -260,7 +261,9 @@ async function loadMessages() {
   if (state.query.topic) parameters.set("topic", state.query.topic);
   if (state.next !== null) parameters.set("before", String(state.next));
   else if (state.query.until) parameters.set("until", state.query.until);
+  const search = state.searches;
   const page = await api("GET", `/api/admin/messages?${parameters}`);
+  if (search !== state.searches) return; // a newer search replaced the list meanwhile
   const body = $("#messages tbody");
   for (const message of page.items) body.append(messageRow(message, false));
   state.next = page.next;
