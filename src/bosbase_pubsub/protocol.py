@@ -50,6 +50,10 @@ ERR_TOKEN_INVALID: Final = "invalid or expired auth token"
 """``auth`` with a token that proves nothing; the connection keeps its identity."""
 ERR_TOKEN_UNCHECKED: Final = "cannot check the auth token now, try again"
 """``auth`` while the account store is unavailable; the connection keeps its identity."""
+ERR_FORBIDDEN: Final = "forbidden by the topic rules"
+"""A subscribe or publish the server's topic rules refuse for this identity (an
+anonymous publish gets the contract's ``ERR_AUTH_REQUIRED`` instead); also the
+message of a subscription withdrawn after the identity changed (``topic_error_frame``)."""
 
 REPLAY_COMPLETE: Final = "complete"
 """``subscribed.replay``: every message of the topic stored after ``since`` is replayed."""

@@ -17,8 +17,9 @@ import aiohttp
 import jwt
 import pytest
 
+from bosbase_pubsub.protocol import ERR_FORBIDDEN
 from bosbase_pubsub.server.auth import Identity
-from bosbase_pubsub.server.rules import ERR_FORBIDDEN, Rules, RulesError, load_rules
+from bosbase_pubsub.server.rules import Rules, RulesError, load_rules
 
 from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer
 from ..servers import WsClient, cli, sign_in
@@ -90,6 +91,15 @@ def rules(tmp_path_factory: pytest.TempPathFactory) -> Rules:
         # No rule: [defaults].
         ("elsewhere", (None, ""), False, False),
         ("elsewhere", ("users", "bob"), True, True),
+        # Wildcard subscriptions: allowed only if every topic they can match is.
+        ("user/alice/*", ("users", "alice"), True, False),  # publish: * is never a topic
+        ("user/*/inbox", ("users", "alice"), False, False),  # other users' inboxes
+        ("user/*/inbox", ("_superusers", "root"), True, False),
+        ("staff/*", ("staff", "carol"), True, False),
+        ("staff/**", ("staff", "carol"), True, False),  # staff/x/y falls to the defaults
+        ("staff/**", (None, ""), False, False),
+        ("**", ("users", "bob"), False, False),  # other users' inboxes are in it
+        ("**", ("_superusers", "root"), True, False),
     ],
 )
 def test_the_decision_table(
@@ -197,6 +207,10 @@ async def test_real_sockets_and_http_obey_the_rules(
         ("staff", "publish", "staff/room", True),
         ("root", "publish", "archive/x", False),
         ("anonymous", "subscribe", "elsewhere", False),
+        ("alice", "subscribe", f"user/{alice['record']['id']}/*", True),
+        ("bob", "subscribe", "user/*/inbox", False),
+        ("root", "subscribe", "user/*/inbox", True),
+        ("anonymous", "subscribe", "announcements/**", False),  # the defaults: signed in
     ]
     try:
         for name, action, topic, allowed in cases:

@@ -76,6 +76,7 @@ import orjson
 
 from .. import protocol
 from ..protocol import decode_json  # one decoder for both sides of the wire
+from ..topics import check_pattern, matches
 from ._config import Reconnect, Timeouts, backoff, websocket_url
 from ._events import (
     CloseSocket,
@@ -173,6 +174,8 @@ class PubSubCore:
         self._reconnect_pending = False
 
         self._topics: dict[str, Topic] = {}
+        self._patterns: dict[str, Topic] = {}
+        """The wildcard subscriptions among ``_topics`` (a message goes to each that matches)."""
         self._requests: dict[str, Request] = {}
         self._queue: dict[str, Request] = {}
         self._deadlines = Deadlines()
@@ -326,6 +329,9 @@ class PubSubCore:
         """
         self._check_not_closed()
         topic = check_topic(topic)
+        bad_pattern = check_pattern(topic)
+        if bad_pattern is not None:
+            raise InvalidRequest(bad_pattern)
         if since is not None and (not isinstance(since, str) or not since):
             raise InvalidRequest("since must be a position (a non-empty string)")
         entry = self._topics.get(topic)
@@ -336,6 +342,8 @@ class PubSubCore:
         listener = Listener(topic, handler, on_gap)
         if entry is None:
             entry = self._topics[topic] = Topic(topic)
+            if entry.segments is not None:
+                self._patterns[topic] = entry
             entry.position = since
         entry.listeners += (listener,)
         if entry.active:
@@ -365,6 +373,7 @@ class PubSubCore:
         if topic is None:
             entries = list(self._topics.values())
             self._topics.clear()
+            self._patterns.clear()
             for entry in entries:
                 self._forget_topic(entry)
             if self._socket_live():
@@ -554,29 +563,45 @@ class PubSubCore:
 
     def _on_message(self, envelope: dict[str, Any]) -> None:
         topic = envelope.get("topic")
-        entry = self._topics.get(topic) if type(topic) is str else None
-        if entry is None:
-            return  # a topic just left: the server had already sent it
-        message_id = envelope.get("id", "")
+        if type(topic) is not str:
+            return
+        entry = self._topics.get(topic)
+        if self._patterns:
+            # Every subscription the topic matches gets it once (wildcards: docs/reference/sdk.md).
+            segments = topic.split("/")
+            for pattern in self._patterns.values():
+                if pattern.segments is not None and matches(pattern.segments, segments):
+                    self._deliver_to(pattern, topic, envelope)
+        if entry is not None:
+            self._deliver_to(entry, topic, envelope)
+        if self._held:
+            held = self._held.pop(envelope.get("id", ""), None)
+            if held is not None:
+                self._events.append(Resolved(held.request_id, held.ack))
+
+    def _pattern_for(self, topic: str) -> Topic | None:
+        """An active wildcard subscription matching ``topic``, if any."""
+        if self._patterns:
+            segments = topic.split("/")
+            for entry in self._patterns.values():
+                wildcard = entry.segments
+                if entry.active and wildcard is not None and matches(wildcard, segments):
+                    return entry
+        return None
+
+    def _deliver_to(self, entry: Topic, topic: str, envelope: dict[str, Any]) -> None:
         position = envelope.get("position")
         message: Message = {
-            "id": message_id,
-            "topic": entry.name,
+            "id": envelope.get("id", ""),
+            "topic": topic,
             "data": envelope.get("data"),
             "created": envelope.get("created", ""),
         }
         if type(position) is str and position:
             if entry.position is not None and not after(position, entry.position):
-                position = None  # delivered already (a replay overlapping live delivery)
-            else:
-                entry.position = message["position"] = position
-                self._events.append(Deliver(message, entry.listeners))
-        else:
-            self._events.append(Deliver(message, entry.listeners))
-        if self._held:
-            held = self._held.pop(message_id, None)
-            if held is not None:
-                self._events.append(Resolved(held.request_id, held.ack))
+                return  # delivered already (a replay overlapping live delivery)
+            entry.position = message["position"] = position
+        self._events.append(Deliver(message, entry.listeners))
 
     def _on_ready(self, envelope: dict[str, Any], now: float) -> None:
         if self._socket_version != self._handshake_version:
@@ -629,7 +654,7 @@ class PubSubCore:
             if position is not None:
                 ack["position"] = position
             value = ack
-            entry = self._topics.get(request.topic)
+            entry = self._topics.get(request.topic) or self._pattern_for(request.topic)
             if (
                 entry is not None
                 and entry.active
@@ -678,6 +703,7 @@ class PubSubCore:
                 # Ours: the server withdrew the subscription (the topic rules no
                 # longer allow it after a token change); it is gone there already.
                 del self._topics[entry.name]
+                self._patterns.pop(entry.name, None)
                 self._forget_topic(entry)
                 self._events.append(SubscriptionLost(entry.name, server_error(message)))
                 return
@@ -785,6 +811,7 @@ class PubSubCore:
         self._deadlines.clear()
         entries = list(self._topics.values())
         self._topics.clear()
+        self._patterns.clear()
         for entry in entries:
             self._forget_topic(entry)
 
@@ -794,6 +821,7 @@ class PubSubCore:
         """Leave a topic: listeners off, queued subscribes answered, the server told."""
         if self._topics.get(entry.name) is entry:
             del self._topics[entry.name]
+            self._patterns.pop(entry.name, None)
         if self._held:
             self._release_held(topic=entry.name)
         self._forget_topic(entry)

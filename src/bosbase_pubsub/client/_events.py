@@ -129,8 +129,8 @@ class Disconnected:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionLost:
-    """The server refused to subscribe ``topic`` again after a reconnect, or
-    withdrew it (the topic rules, after a token change); its listeners were removed."""
+    """The server refused to subscribe ``topic`` again after a reconnect, or ended
+    it (the topic rules, after the identity changed); its listeners were removed."""
 
     topic: str
     error: BosBaseError

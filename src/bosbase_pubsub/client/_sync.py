@@ -584,7 +584,7 @@ def _log_event(event: Event) -> None:
         else:
             log.info("pub/sub connection attempt failed: %s%s", event.error, retry)
     elif isinstance(event, SubscriptionLost):
-        log.error("the server refused to subscribe %r again: %s", event.topic, event.error)
+        log.error("the server ended the subscription %r: %s", event.topic, event.error)
     elif isinstance(event, ServerNotice):
         log.warning("the server reported: %s", event.message)
 

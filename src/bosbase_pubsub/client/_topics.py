@@ -19,6 +19,7 @@ from __future__ import annotations
 import orjson
 
 from .. import protocol
+from ..topics import is_pattern
 from ._events import Listener
 from ._exceptions import InvalidRequest
 
@@ -28,10 +29,12 @@ __all__ = ["BacklogMonitor", "Topic", "after", "check_topic", "subscribe_frame"]
 class Topic:
     """One subscribed topic: its listeners, and where a resume starts from."""
 
-    __slots__ = ("active", "listeners", "name", "position")
+    __slots__ = ("active", "listeners", "name", "position", "segments")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.segments: tuple[str, ...] | None = tuple(name.split("/")) if is_pattern(name) else None
+        """A wildcard subscription's segments (``None``: a plain topic)."""
         self.listeners: tuple[Listener, ...] = ()
         self.active = False
         """The server acknowledged the subscription on the current connection."""

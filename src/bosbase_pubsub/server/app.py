@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from .. import protocol
+from ..topics import ERR_PUBLISH_WILDCARD
 from .admin import TopicActivity, add_console
 from .auth import Authenticator, add_routes
 from .cluster import Follower, Sequencer
@@ -33,7 +34,7 @@ from .ids import new_id, now_created
 from .metrics import FeedGauges, Metrics
 from .proxies import TrustedProxies, parse_networks
 from .retention import run_retention
-from .rules import ERR_FORBIDDEN, load_rules
+from .rules import load_rules
 from .storage import Message, Store, StoreError, open_store
 from .websocket import PubSubEndpoint
 from .workers import WorkerRole
@@ -235,8 +236,10 @@ async def http_publish(request: web.Request) -> web.Response:
     limits = node.config.limits
     if len(topic) > limits.max_topic_length:
         return api_error(400, f"topic is too long (at most {limits.max_topic_length} characters)")
+    if "*" in topic:
+        return api_error(400, ERR_PUBLISH_WILDCARD)
     if not node.endpoint.rules.may_publish(identity, topic):
-        return api_error(403, ERR_FORBIDDEN)
+        return api_error(403, protocol.ERR_FORBIDDEN)
     key = envelope.get("key")
     if key is not None and not isinstance(key, str):
         return api_error(400, protocol.ERR_INVALID_FORMAT)

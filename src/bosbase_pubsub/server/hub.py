@@ -22,6 +22,14 @@ Invariants:
   and written after the replay, when it joins the live set, in one step. The
   hot loop pays one dict lookup per topic for this, and nothing when no
   subscription is catching up.
+* Pattern subscriptions (``chat/*``, ``chat/**``, see ``topics``) live in a
+  ``PatternTrie`` beside the exact topics. While there are none, ``deliver``
+  is the exact-topic loop above, untouched. With some, a connection reached
+  through a pattern (or catching up on one) gets each message of a batch once,
+  however many of its subscriptions match, and its messages in ``seq``
+  order in one write (a pattern spans topics, and a resume position must
+  never step back); a message held for one of its catch-ups is not also
+  written live (it follows the replay, in order).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from collections.abc import Iterable, Sequence
 from websockets.frames import Close, Frame, Opcode
 
 from .. import protocol
+from ..topics import PatternTrie, is_pattern
 from .metrics import Metrics
 from .storage import Message
 
@@ -137,7 +146,14 @@ class Hub:
 
     def __init__(self, metrics: Metrics, *, outbound_buffer_bytes: int) -> None:
         self._topics: dict[str, set[Subscriber]] = {}
+        self._patterns: PatternTrie[Subscriber] = PatternTrie()
+        """Live pattern subscriptions."""
         self._catching_up: dict[str, dict[Subscriber, CatchUp]] = {}
+        """Subscriptions catching up, by topic or pattern."""
+        self._catching_patterns: PatternTrie[CatchUp] = PatternTrie()
+        """The pattern ones among them, for matching message topics."""
+        self._patterned: dict[Subscriber, int] = {}
+        """Subscribers with pattern subscriptions (live or catching up), and how many."""
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._metrics = metrics
         self._limit = outbound_buffer_bytes
@@ -164,7 +180,8 @@ class Hub:
 
     @property
     def topic_count(self) -> int:
-        return len(self._topics)
+        """Topics with a subscriber, and live patterns."""
+        return len(self._topics) + len(self._patterns)
 
     def topic_names(self) -> list[str]:
         """The topics with at least one live subscriber."""
@@ -178,8 +195,24 @@ class Hub:
         if topic in subscriber.topics:
             return
         subscriber.topics.add(topic)
-        self._topics.setdefault(topic, set()).add(subscriber)
+        self._join(subscriber, topic)
+        self._count_pattern(subscriber, topic, 1)
         self._metrics.subscriptions += 1
+
+    def _count_pattern(self, subscriber: Subscriber, topic: str, step: int) -> None:
+        if not is_pattern(topic):
+            return
+        count = self._patterned.get(subscriber, 0) + step
+        if count:
+            self._patterned[subscriber] = count
+        else:
+            del self._patterned[subscriber]
+
+    def _join(self, subscriber: Subscriber, topic: str) -> None:
+        if is_pattern(topic):
+            self._patterns.add(topic, subscriber)
+        else:
+            self._topics.setdefault(topic, set()).add(subscriber)
 
     def begin_catch_up(self, subscriber: Subscriber, topic: str, after: int) -> CatchUp | None:
         """Subscribe ``subscriber`` to ``topic``, holding its live messages; None if subscribed.
@@ -191,6 +224,9 @@ class Hub:
         subscriber.topics.add(topic)
         catch_up = CatchUp(subscriber, topic, after)
         self._catching_up.setdefault(topic, {})[subscriber] = catch_up
+        if is_pattern(topic):
+            self._catching_patterns.add(topic, catch_up)
+        self._count_pattern(subscriber, topic, 1)
         self._metrics.subscriptions += 1
         return catch_up
 
@@ -203,12 +239,13 @@ class Hub:
         del members[subscriber]
         if not members:
             del self._catching_up[topic]
+        self._catching_patterns.remove(topic, catch_up)
         frames = [frame for seq, frame in catch_up.held if seq > catch_up.after]
         catch_up.held.clear()
         if frames:
             subscriber.write(b"".join(frames))
             self._metrics.delivered += len(frames)
-        self._topics.setdefault(topic, set()).add(subscriber)
+        self._join(subscriber, topic)
         if subscriber.transport.get_write_buffer_size() > self._limit:
             self._close_slow(subscriber)
 
@@ -218,21 +255,30 @@ class Hub:
             if topic not in subscriber.topics:
                 continue
             subscriber.topics.discard(topic)
-            members = self._topics.get(topic)
-            if members is not None:
-                members.discard(subscriber)
-                if not members:
-                    del self._topics[topic]
+            if is_pattern(topic):
+                self._patterns.remove(topic, subscriber)
+            else:
+                members = self._topics.get(topic)
+                if members is not None:
+                    members.discard(subscriber)
+                    if not members:
+                        del self._topics[topic]
             catching_up = self._catching_up.get(topic)
             if catching_up is not None:
-                catching_up.pop(subscriber, None)
+                catch_up = catching_up.pop(subscriber, None)
+                if catch_up is not None:
+                    self._catching_patterns.remove(topic, catch_up)
                 if not catching_up:
                     del self._catching_up[topic]
+            self._count_pattern(subscriber, topic, -1)
             self._metrics.subscriptions -= 1
 
     def deliver(self, messages: Sequence[Message]) -> None:
         """Write ``messages`` (in ``seq`` order) to every subscriber of their topics."""
         if not messages:
+            return
+        if self._patterned:
+            self._deliver_matching(messages)
             return
         topics = self._topics
         catching_up = self._catching_up
@@ -273,6 +319,106 @@ class Hub:
                 delivered += count
                 if transport.get_write_buffer_size() > limit:
                     self._close_slow(subscriber)
+        self._metrics.delivered += delivered
+        if self._waiters:
+            self._wake_waiters()
+
+    def _deliver_matching(self, messages: Sequence[Message]) -> None:
+        """``deliver`` with pattern subscriptions: see the module for what changes.
+
+        The subscribers with a pattern (``_patterned``) get their own frame list,
+        built in ``seq`` order, each message once; everyone else is served by
+        topic exactly as in ``deliver``.
+        """
+        exact = self._topics
+        match = self._patterns.match_list
+        catching_up = self._catching_up
+        catching_patterns = self._catching_patterns
+        patterned = self._patterned
+        epoch = self.epoch
+        by_topic: dict[str, list[bytes]] = {}
+        own: dict[Subscriber, list[bytes]] = {}
+        touched: dict[CatchUp, None] = {}
+        for message in messages:
+            topic = message.topic
+            members = exact.get(topic)
+            groups = match(topic)
+            catch_ups: list[CatchUp] = []
+            if catching_up:
+                waiting = catching_up.get(topic)
+                if waiting:
+                    catch_ups.extend(waiting.values())
+                for found in catching_patterns.match_list(topic):
+                    catch_ups.extend(found)
+            if not members and not groups and not catch_ups:
+                continue
+            frame = encode_text_frame(
+                protocol.message_frame(
+                    message.id, topic, message.data, message.created, f"{epoch}:{message.seq}"
+                )
+            )
+            holders: set[Subscriber] | None = None
+            if catch_ups:
+                holders = set()
+                for catch_up in catch_ups:
+                    holders.add(catch_up.subscriber)
+                    if message.seq > catch_up.after:
+                        catch_up.held.append((message.seq, frame))
+                        catch_up.held_bytes += len(frame)
+                        touched[catch_up] = None
+            if members:
+                by_topic.setdefault(topic, []).append(frame)
+                # Its members with a pattern too: iterate the smaller set.
+                groups.append(
+                    {s for s in patterned if s in members}
+                    if len(patterned) < len(members)
+                    else {s for s in members if s in patterned}
+                )
+            for group in groups:
+                for subscriber in group:
+                    if holders is not None and subscriber in holders:
+                        continue  # follows its replay instead
+                    frames = own.get(subscriber)
+                    if frames is None:
+                        own[subscriber] = [frame]
+                    elif frames[-1] is not frame:
+                        frames.append(frame)
+        self.position = messages[-1].seq
+        limit = self._limit
+        delivered = 0
+        for topic, frames in by_topic.items():
+            joined = frames[0] if len(frames) == 1 else b"".join(frames)
+            count = len(frames)
+            for subscriber in exact[topic]:
+                if subscriber.closed or subscriber in patterned:
+                    continue
+                transport = subscriber.transport
+                if transport.is_closing():
+                    subscriber.closed = True
+                    continue
+                transport.write(joined)
+                delivered += count
+                if transport.get_write_buffer_size() > limit:
+                    self._close_slow(subscriber)
+        for subscriber, frames in own.items():
+            if subscriber.closed:
+                continue
+            transport = subscriber.transport
+            if transport.is_closing():
+                subscriber.closed = True
+                continue
+            transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+            delivered += len(frames)
+            if transport.get_write_buffer_size() > limit:
+                self._close_slow(subscriber)
+        for catch_up in touched:
+            subscriber = catch_up.subscriber
+            if (
+                not subscriber.closed
+                and catch_up.held_bytes + subscriber.transport.get_write_buffer_size() > limit
+            ):
+                catch_up.held.clear()
+                self._close_slow(subscriber)
         self._metrics.delivered += delivered
         if self._waiters:
             self._wake_waiters()

@@ -17,6 +17,10 @@ that carries ``since``:
 4. the held messages after the replay are written and the subscription
    joins the live set, in one synchronous step: no gap, no duplicate.
 
+A pattern subscription replays the same way: the store walks the messages
+after ``since`` whose topic starts with the pattern's literal prefix, and
+the pattern is matched here, with the same function the live path uses.
+
 A ``since`` ahead of this node (a position another node handed out, which
 this node has not delivered yet) is waited for: held messages up to it are
 dropped. A store failure during the replay closes the connection with 1011:
@@ -29,6 +33,7 @@ import asyncio
 import logging
 
 from .. import protocol
+from ..topics import is_pattern, literal_prefix, matches, split
 from .hub import CatchUp, Hub, Subscriber, encode_text_frame
 from .metrics import Metrics
 from .storage import Store, StoreError
@@ -87,8 +92,14 @@ async def catch_up(
         subscriber.send(protocol.subscribed_frame(request_id, hub.position_text(since), status))
         threshold = hub.outbound_limit // 2
         cursor = since
+        pattern = split(topic) if is_pattern(topic) else None
+        prefix = literal_prefix(topic)
         while cursor < live_from:
-            page = await store.read_topic(topic, cursor, live_from, REPLAY_PAGE)
+            if pattern is None:
+                page = rows = await store.read_topic(topic, cursor, live_from, REPLAY_PAGE)
+            else:
+                page = await store.read_prefix(prefix, cursor, live_from, REPLAY_PAGE)
+                rows = [m for m in page if matches(pattern, m.topic.split("/"))]
             if not page:
                 break
             epoch = hub.epoch
@@ -96,11 +107,11 @@ async def catch_up(
                 encode_text_frame(
                     protocol.message_frame(m.id, m.topic, m.data, m.created, f"{epoch}:{m.seq}")
                 )
-                for m in page
+                for m in rows
             )
-            if not subscriber.write(frames):
+            if frames and not subscriber.write(frames):
                 return
-            metrics.delivered += len(page)
+            metrics.delivered += len(rows)
             cursor = page[-1].seq
             if len(page) < REPLAY_PAGE or not await drained(subscriber, threshold):
                 break

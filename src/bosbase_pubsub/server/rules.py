@@ -25,6 +25,8 @@ is that segment). Who: ``anyone``, ``authenticated``, ``superuser``,
 ``--jwt-collection`` of external tokens); a list means any of them.
 Superusers pass every rule but ``nobody``. Publishing always needs a token
 (the contract), so ``publish = "anyone"`` is refused.
+A wildcard subscription (``chat/*``, see ``topics``) is allowed only if every
+topic it can match is (``Rules._decide_pattern``).
 
 Invariants: ``Rules.default()`` allows exactly what the server allowed before
 rules existed (anyone subscribes, any identity publishes); a bad file raises
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..topics import DEEP, ONE, contains, is_pattern, overlaps
 from .auth import Identity
 
 if sys.version_info >= (3, 11):
@@ -47,8 +50,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found]  # not installed on 3.11+
 
-ERR_FORBIDDEN = "forbidden by the topic rules"
-"""The refusal of a subscribe or publish the rules do not allow (ours: the contract has none)."""
 
 _KEYWORDS = ("anyone", "authenticated", "superuser", "nobody")
 _OWNER = "{auth.id}"
@@ -103,6 +104,20 @@ class Rule:
     def has_owner(self) -> bool:
         return _OWNER in self.segments
 
+    @property
+    def plain(self) -> tuple[str, ...]:
+        """The pattern with the owner segment as ``*``: the topics it covers."""
+        return tuple(ONE if segment == _OWNER else segment for segment in self.segments)
+
+    def owner_allows_all(self, record_id: str, pattern: Sequence[str]) -> bool:
+        """Whether every topic of ``pattern`` this rule covers has ``record_id`` as owner.
+
+        Only when the pattern's segment at the owner's place is that literal id.
+        """
+        index = self.segments.index(_OWNER)
+        fixed = len(pattern) - 1 if pattern and pattern[-1] == DEEP else len(pattern)
+        return index < fixed and pattern[index] == record_id
+
 
 class Rules:
     """The rules of one server; ``may_subscribe`` / ``may_publish`` decide."""
@@ -119,6 +134,8 @@ class Rules:
 
     def _decide(self, identity: Identity | None, topic: str, action: str) -> bool:
         segments = topic.split("/")
+        if is_pattern(topic):
+            return self._decide_pattern(identity, segments, action)
         for rule in self.rules:
             owner = rule.match(segments)
             if owner is None:
@@ -132,11 +149,44 @@ class Rules:
         who = self.default_subscribe if action == "subscribe" else self.default_publish
         return who.allows(identity)
 
+    def _decide_pattern(self, identity: Identity | None, pattern: list[str], action: str) -> bool:
+        """A wildcard subscription: allowed only if every topic it can match is.
+
+        The rules are walked in order, as for a topic; each one whose topics
+        overlap the pattern's must allow all of that overlap, and the walk
+        ends at one that covers the whole pattern (else ``[defaults]`` decide
+        what is left). A topic an earlier rule allowed may be judged again
+        by a later one, so this errs on the side of refusing, never allowing.
+        """
+        superuser = identity is not None and identity.is_superuser
+        for rule in self.rules:
+            covered = rule.plain
+            if not overlaps(covered, pattern):
+                continue
+            who = rule.subscribe if action == "subscribe" else rule.publish
+            if not who.allows(identity):
+                return False
+            if (
+                rule.has_owner
+                and not superuser
+                and (identity is None or not rule.owner_allows_all(identity.record_id, pattern))
+            ):
+                return False
+            if contains(covered, pattern):
+                return True
+        who = self.default_subscribe if action == "subscribe" else self.default_publish
+        return who.allows(identity)
+
     def may_subscribe(self, identity: Identity | None, topic: str) -> bool:
         return True if self.is_default else self._decide(identity, topic, "subscribe")
 
     def may_publish(self, identity: Identity | None, topic: str) -> bool:
-        """Whether ``identity`` (already known to be signed in) may publish on ``topic``."""
+        """Whether ``identity`` (already known to be signed in) may publish on ``topic``.
+
+        Never on a pattern: a message's topic is literal (``topics``).
+        """
+        if is_pattern(topic):
+            return False
         return True if self.is_default else self._decide(identity, topic, "publish")
 
 

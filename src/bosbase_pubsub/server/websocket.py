@@ -35,6 +35,7 @@ from typing import Any, cast
 from aiohttp import WSMsgType, web
 
 from .. import protocol
+from ..topics import ERR_PUBLISH_WILDCARD, check_pattern
 from .auth import Authenticator, Identity
 from .commits import CommitQueue
 from .config import Limits
@@ -42,7 +43,7 @@ from .hub import PING_FRAME, Hub, Subscriber
 from .ids import new_id, now_created
 from .metrics import Metrics
 from .resume import catch_up
-from .rules import ERR_FORBIDDEN, Rules
+from .rules import Rules
 from .storage import Message, Store, StoreError
 
 log = logging.getLogger("bosbase_pubsub.websocket")
@@ -342,12 +343,16 @@ class Connection:
         if len(topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request.request_id, err_topic_too_long(limits)))
             return
+        bad_pattern = check_pattern(topic)
+        if bad_pattern is not None:
+            self.reply(protocol.error_frame(request.request_id, bad_pattern))
+            return
         topics = self.subscriber.topics
         if topic not in topics and len(topics) >= limits.max_subscriptions:
             self.reply(protocol.error_frame(request.request_id, err_too_many_subscriptions(limits)))
             return
         if not self.endpoint.rules.may_subscribe(self.identity, topic):
-            self.reply(protocol.error_frame(request.request_id, ERR_FORBIDDEN))
+            self.reply(protocol.error_frame(request.request_id, protocol.ERR_FORBIDDEN))
             return
         hub = self.endpoint.hub
         resume = protocol.parse_position(request.since) if request.since else None
@@ -385,7 +390,7 @@ class Connection:
     def recheck_subscriptions(self) -> None:
         """After an identity change: leave each topic the rules no longer allow, and say so.
 
-        The notice is ``{"type": "error", "topic": ..., "message": ERR_FORBIDDEN}``
+        The notice is ``{"type": "error", "topic": ..., "message": protocol.ERR_FORBIDDEN}``
         (no ``requestId``: nothing asked for it); the connection stays open.
         """
         rules = self.endpoint.rules
@@ -395,7 +400,7 @@ class Connection:
             if not rules.may_subscribe(self.identity, topic):
                 self.stop_replays(topic)
                 self.endpoint.hub.unsubscribe(self.subscriber, [topic])
-                self.reply(protocol.topic_error_frame(topic, ERR_FORBIDDEN))
+                self.reply(protocol.topic_error_frame(topic, protocol.ERR_FORBIDDEN))
 
     def _replay_done(self, topic: str, task: asyncio.Task[None]) -> None:
         if self.replays.get(topic) is task:
@@ -414,8 +419,11 @@ class Connection:
         if len(request.topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request_id, err_topic_too_long(limits)))
             return
+        if "*" in request.topic:
+            self.reply(protocol.error_frame(request_id, ERR_PUBLISH_WILDCARD))
+            return
         if not endpoint.rules.may_publish(identity, request.topic):
-            self.reply(protocol.error_frame(request_id, ERR_FORBIDDEN))
+            self.reply(protocol.error_frame(request_id, protocol.ERR_FORBIDDEN))
             return
         if self.bucket is not None and not self.bucket.take():
             self.reply(protocol.error_frame(request_id, err_rate_limited(limits)))

@@ -88,6 +88,23 @@ async def test_append_returns_consecutive_seqs_and_read_topic_pages_by_seq(store
     assert (positions.newest, positions.pruned_through) == (seqs[3], 0)
 
 
+async def test_read_prefix_walks_seq_over_the_topics_with_that_prefix(store: Store) -> None:
+    topics = ["chat/a", "chat", "chatter", "chat/b/c", "other/chat/x", "chat/%", "chat/a"]
+    stored = await store.append([message(topic) for topic in topics])
+    seqs = [m.seq for m in stored]
+    found = await store.read_prefix("chat/", 0, 10**9, 10)
+    assert [m.topic for m in found] == ["chat/a", "chat/b/c", "chat/%", "chat/a"]
+    assert [m.id for m in found] == [stored[i].id for i in (0, 3, 5, 6)]
+    # Bounded by after, through and limit, by seq; "%" and "_" are literal (no LIKE).
+    assert [m.seq for m in await store.read_prefix("chat/", seqs[0], seqs[5], 10)] == [
+        seqs[3],
+        seqs[5],
+    ]
+    assert [m.seq for m in await store.read_prefix("chat/", 0, 10**9, 2)] == [seqs[0], seqs[3]]
+    assert [m.topic for m in await store.read_prefix("chat/_", 0, 10**9, 10)] == []
+    assert len(await store.read_prefix("", 0, 10**9, 100)) == len(topics)
+
+
 async def test_pruning_raises_pruned_through(store: Store) -> None:
     old = await store.append([message(created="2000-01-01 00:00:00.000Z") for _ in range(3)])
     recent = await store.append([message()])

@@ -234,6 +234,16 @@ class Store(abc.ABC):
         return found[0].seq if found and found[0].created <= created else 0
 
     @abc.abstractmethod
+    async def read_prefix(self, prefix: str, after: int, through: int, limit: int) -> list[Message]:
+        """At most ``limit`` messages with ``after < seq <= through`` and topic prefix ``prefix``.
+
+        By ``seq``, for replaying a pattern subscription (the caller matches
+        the pattern itself, and pages on from the last row's ``seq``). It
+        walks ``seq`` (the primary key) from ``after``: a resume's cost is the
+        messages stored since, not the topics' whole history.
+        """
+
+    @abc.abstractmethod
     async def positions(self) -> Positions:
         """The newest ``seq`` and the highest pruned one."""
 

@@ -592,6 +592,20 @@ class PostgresStore(Store):
             rows = await self.pool.fetch(sql, *params)
         return [_row_message(row) for row in rows]
 
+    async def read_prefix(self, prefix: str, after: int, through: int, limit: int) -> list[Message]:
+        with translate_errors("read"):
+            rows = await self.pool.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
+                # left(), not LIKE (no escaping, any collation): the walk goes by seq.
+                " WHERE seq > $1 AND seq <= $2 AND left(topic, $3) = $4 ORDER BY seq LIMIT $5",
+                after,
+                through,
+                len(prefix),
+                prefix,
+                limit,
+            )
+        return [_row_message(row) for row in rows]
+
     async def positions(self) -> Positions:
         with translate_errors("positions"):
             row = await self.pool.fetchrow(

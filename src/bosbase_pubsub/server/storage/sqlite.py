@@ -215,6 +215,20 @@ class SqliteStore(Store):
 
         return await self.run(read)
 
+    async def read_prefix(self, prefix: str, after: int, through: int, limit: int) -> list[Message]:
+        def read(connection: sqlite3.Connection) -> list[Message]:
+            # substr, not LIKE (no escaping) nor a range on topic (which would make the
+            # planner scan the (topic, seq) index and sort): the walk goes by seq.
+            rows = connection.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
+                " WHERE seq > ? AND seq <= ? AND substr(topic, 1, ?) = ?"
+                " ORDER BY seq LIMIT ?",
+                (after, through, len(prefix), prefix, limit),
+            ).fetchall()
+            return [_message(row) for row in rows]
+
+        return await self.run(read)
+
     async def positions(self) -> Positions:
         def read(connection: sqlite3.Connection) -> Positions:
             newest = connection.execute(
