@@ -234,14 +234,18 @@ async def test_real_sockets_and_http_obey_the_rules(
         assert (status, body["message"]) == (403, ERR_FORBIDDEN)
         assert (await http_publish(server.url, alice["token"], inbox))[0] == 200
 
-        # alice signs out on her socket: her inbox subscription is withdrawn, with a notice.
+        # alice signs out on her socket: her inbox subscription and her pattern over her
+        # topics are withdrawn, each with a notice.
         alice_socket = clients["alice"]
         while not alice_socket.messages.empty():
             alice_socket.messages.get_nowait()
         answer = await alice_socket.request("auth", token="")
         assert answer["type"] == "authenticated"
-        notice = await asyncio.wait_for(alice_socket.unmatched.get(), 10)
-        assert notice == {"type": "error", "topic": inbox, "message": ERR_FORBIDDEN}
+        notices = [await asyncio.wait_for(alice_socket.unmatched.get(), 10) for _ in range(2)]
+        assert sorted(notices, key=lambda notice: notice["topic"]) == [
+            {"type": "error", "topic": topic, "message": ERR_FORBIDDEN}
+            for topic in sorted((inbox, f"user/{alice['record']['id']}/*"))
+        ]
         assert (await http_publish(server.url, root["token"], inbox))[0] == 200
         await asyncio.sleep(0.3)
         assert alice_socket.messages.empty()  # no longer delivered
