@@ -67,6 +67,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -184,8 +191,9 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
             help="largest incoming WebSocket frame, closed with 1009 above it (data over"
             " 256 KiB in a smaller frame gets 'payload too large' instead)",
             metavar="SIZE")  # fmt: skip
-    _option(parser, "--max-connections-per-address", default="1000", type=_positive_int,
-            help="concurrent WebSocket connections per client address", metavar="N")  # fmt: skip
+    _option(parser, "--max-connections-per-address", default="10000", type=_non_negative_int,
+            help="concurrent WebSocket connections per client address (a NAT or a load"
+            " balancer puts many users behind one; 0: no limit)", metavar="N")  # fmt: skip
     _option(parser, "--rules", default="",
             help="TOML file of topic rules: who may subscribe and publish where (empty:"
             " anyone subscribes, any signed-in identity publishes)", metavar="FILE")  # fmt: skip

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import websockets.sync.client
 
+from bosbase_pubsub.server.resources import raise_open_files_limit
+
 from ..conftest import BOTH_BACKENDS, SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, http_sign_in
-from ..servers import WsClient, cli, query
+from ..servers import WsClient, cli, query, scrape_metrics
 
 
 async def test_topic_length_limit(start_server: StartServer) -> None:
@@ -94,6 +98,63 @@ async def test_connections_per_address_limit(start_server: StartServer) -> None:
         await third_again.close()
     finally:
         await first.close()
+
+
+async def test_the_default_admits_more_than_a_thousand_connections_from_one_address(
+    start_server: StartServer,
+) -> None:
+    # A NAT or a load balancer puts thousands of users behind one address: 1,001
+    # sockets from one load generator were refused with the old default of 1,000.
+    raise_open_files_limit()  # this process holds every socket's other end
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 2_500:
+        pytest.skip("this process may not open 1,001 sockets (ulimit -n)")
+    server = start_server()
+    # limit=0: a session holds at most 100 connections by default.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
+        try:
+            for _ in range(11):
+                sockets += await asyncio.gather(
+                    *(session.ws_connect(server.ws_url) for _ in range(91))
+                )
+            assert len(sockets) == 1_001
+            for ws in (sockets[0], sockets[-1]):
+                assert (await asyncio.wait_for(ws.receive_json(), 10))["type"] == "ready"
+                await ws.send_str('{"type":"ping","requestId":"p"}')
+                reply = await asyncio.wait_for(ws.receive_json(), 10)
+                assert reply["type"] == "pong"
+            metrics = await scrape_metrics(server.url)
+            assert metrics["pubsub_connections"] == 1_001
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets))
+
+
+async def test_no_limit_per_address_with_zero(start_server: StartServer) -> None:
+    server = start_server("--max-connections-per-address", "0")
+    clients = [await WsClient.connect(server.ws_url) for _ in range(5)]
+    try:
+        for client in clients:
+            assert (await client.request("ping"))["type"] == "pong"
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def test_the_server_raises_its_open_files_limit(start_server: StartServer) -> None:
+    # Many systems start a process with a soft limit of 1,024 open files: that would
+    # cap a node near a thousand connections whatever its memory.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 1024:
+        pytest.skip(f"the hard open files limit ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # the server inherits it
+    try:
+        server = start_server()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    limits = Path(f"/proc/{server.pid}/limits").read_text().splitlines()
+    open_files = next(line for line in limits if line.startswith("Max open files"))
+    assert open_files.split()[3:5] == [str(hard), str(hard)]
+    assert f"open files limit raised from 1024 to {hard}" in server.log_text()
 
 
 @BOTH_BACKENDS

@@ -33,6 +33,7 @@ from .hub import Hub
 from .ids import new_id, now_created
 from .metrics import FeedGauges, Metrics
 from .proxies import TrustedProxies, parse_networks
+from .resources import raise_open_files_limit
 from .retention import run_retention
 from .rules import load_rules
 from .storage import Message, Store, StoreError, open_store
@@ -286,6 +287,7 @@ async def http_publish(request: web.Request) -> web.Response:
 async def serve(config: ServerConfig, *, worker: WorkerRole | None = None) -> None:
     """Run one node until SIGTERM or SIGINT (or, as a worker, its supervisor's end),
     then shut down gracefully."""
+    raise_open_files_limit()
     app = build_app(config, worker=worker)
     runner = web.AppRunner(
         app,

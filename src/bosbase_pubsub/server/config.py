@@ -30,8 +30,10 @@ class Limits:
     max_publishes_in_flight: int = 256
     """Publishes of one connection waiting for their commit; at this many the
     server stops reading that socket until one is answered (backpressure)."""
-    max_connections_per_address: int = 1000
-    """Concurrent WebSocket connections from one client address."""
+    max_connections_per_address: int = 10_000
+    """Concurrent WebSocket connections from one client address; 0 means no limit.
+    High by default: a NAT or a load balancer puts thousands of users behind one
+    address (``trusted_proxies`` makes the limit count the clients behind a proxy)."""
     max_frame_bytes: int = 1024 * 1024
     """Largest incoming WebSocket message; above it the connection is closed with 1009.
     Frames under it whose ``data`` is over the contract's 256 KiB get the

@@ -137,7 +137,8 @@ class PubSubEndpoint:
         if transport is None:
             return ws
         peer = request.remote or "unknown"
-        if self._per_address[peer] >= self.limits.max_connections_per_address:
+        per_address = self.limits.max_connections_per_address
+        if per_address and self._per_address[peer] >= per_address:
             log.warning("refusing connection from %s: too many connections", peer)
             await ws.close(
                 code=CLOSE_POLICY_VIOLATION,
