@@ -287,9 +287,6 @@ def bosbase_exe() -> list[str]:
 @dataclass
 class ServerOptions:
     cpu: str | None = "0"
-    max_connections: int = 100_000
-    """Raised limits for the bosbase server (per address connections, publish rate)."""
-    publish_rate: int = 1_000_000
     extra_args: list[str] = field(default_factory=list)
     """Extra command-line arguments for the bosbase server."""
     db_url: str | None = None
@@ -320,10 +317,8 @@ class Server:
                 f"127.0.0.1:{port}",
                 "--dir",
                 str(self.dir / "pb_data"),
-                "--max-connections-per-address",
-                str(self.opts.max_connections),
-                "--publish-rate",
-                str(self.opts.publish_rate),
+                # Nothing else: the default command line a user runs (no publish rate
+                # limit, 10,000 connections per address), unless a benchmark adds flags.
                 *self.opts.extra_args,
             ]
         if self.kind.name == "ws":
