@@ -319,6 +319,25 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("password")
     _add_storage_options(create)
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="copy the accounts and signing secrets to another store",
+        description="Copy every account of users and _superusers, with their password"
+        " hashes, and the token signing secrets, from one store to another (SQLite ->"
+        " PostgreSQL -> NATS): passwords and issued tokens keep working there. Safe to run"
+        " again. Messages are not copied (they are transient); clients resuming with a"
+        " position of the old store are told to refetch.",
+    )
+    for end, dest, what in (("from", "source", "copy from"), ("to", "target", "copy to")):
+        migrate.add_argument(
+            f"--{end}",
+            dest=dest,
+            required=True,
+            metavar="STORE",
+            help=f"the store to {what}: a data folder (its SQLite file) or a postgres://"
+            " or nats:// URL",
+        )
+
     gentoken = commands.add_parser(
         "gentoken",
         help="mint a test token for the configured --jwt-secret",
@@ -582,6 +601,53 @@ def _run_account(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_migrate(args: argparse.Namespace) -> int:
+    from .server.auth.commands import copy_accounts
+    from .server.storage import Store, StoreError, open_store
+
+    def store_at(place: str) -> Store:
+        if "://" in place:
+            return open_store(place, Path("."))
+        return open_store(None, Path(place))
+
+    if args.source == args.target:
+        print("error: --from and --to name the same store", file=sys.stderr)
+        return 2
+    if "://" not in args.source and not (Path(args.source) / "data.db").is_file():
+        print(f"error: no data.db in {args.source} to copy from", file=sys.stderr)
+        return 1
+
+    async def run() -> str:
+        source, target = store_at(args.source), store_at(args.target)
+        await source.open()
+        try:
+            await target.open()
+            try:
+                report = await copy_accounts(source.accounts, target.accounts)
+            finally:
+                await target.close()
+        finally:
+            await source.close()
+        lines = [
+            f"{name}: {report.copied[name]} copied, {report.present[name]} already there"
+            for name in report.copied
+        ]
+        lines += [f"not copied, email taken in the target: {item}" for item in report.conflicts]
+        lines += [
+            f"{name}: the target keeps its own signing secret; tokens issued before do not"
+            " verify there (those users sign in again)"
+            for name in report.secrets_kept
+        ]
+        return "\n".join(lines)
+
+    try:
+        print(_run(run()))
+    except (StoreError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run(coroutine: Any) -> Any:
     """Run ``coroutine`` on uvloop where it is installed, else asyncio's loop."""
     try:
@@ -625,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(error))  # exits with 2 and the usage line
     if args.command == "gentoken":
         return _run_gentoken(args)
+    if args.command == "migrate":
+        return _run_migrate(args)
     if args.command == "serve":
         # What a worker is started with: the same options (the supervisor adds its own).
         return _run_serve(args, argv[argv.index("serve") + 1 :])
