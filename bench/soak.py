@@ -61,12 +61,15 @@ def slope_per_minute(samples: Sequence[tuple[float, float]]) -> float | None:
 
 
 def rss_summary(samples: Sequence[tuple[float, float]], warmup: float) -> Json:
-    """Start, after-warm-up, end and maximum of (seconds, MiB) samples, and the slope after
-    the warm-up (the samples at or after ``warmup`` seconds)."""
+    """Start, after-warm-up, end and maximum of (seconds, MiB) samples, the slope after
+    the warm-up (the samples at or after ``warmup`` seconds) and over the second half of
+    the run (a warm-up too short for the caches to fill shows as a smaller slope there)."""
     if not samples:
         return {"start_mib": None, "warm_mib": None, "end_mib": None, "max_mib": None,
-                "slope_mib_per_min": None, "growth_after_warmup_mib": None}  # fmt: skip
+                "slope_mib_per_min": None, "growth_after_warmup_mib": None,
+                "slope_last_half_mib_per_min": None}  # fmt: skip
     warm = [s for s in samples if s[0] >= warmup] or [samples[-1]]
+    half = samples[-1][0] / 2
     return {
         "start_mib": samples[0][1],
         "warm_mib": warm[0][1],
@@ -74,6 +77,7 @@ def rss_summary(samples: Sequence[tuple[float, float]], warmup: float) -> Json:
         "max_mib": max(v for _, v in samples),
         "slope_mib_per_min": slope_per_minute(warm),
         "growth_after_warmup_mib": samples[-1][1] - warm[0][1],
+        "slope_last_half_mib_per_min": slope_per_minute([s for s in samples if s[0] >= half]),
     }
 
 
@@ -152,7 +156,8 @@ def report(r: Json) -> None:
         f" {fmt(r['warm_mib'], '.1f')}, end {fmt(r['end_mib'], '.1f')}, max"
         f" {fmt(r['max_mib'], '.1f')}; after the warm-up: slope"
         f" {fmt(r['slope_mib_per_min'], '.3f')} MiB/min, growth"
-        f" {fmt(r['growth_after_warmup_mib'], '.1f')} MiB"
+        f" {fmt(r['growth_after_warmup_mib'], '.1f')} MiB; second half: slope"
+        f" {fmt(r['slope_last_half_mib_per_min'], '.3f')} MiB/min"
     )
 
 

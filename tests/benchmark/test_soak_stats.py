@@ -28,6 +28,8 @@ def test_the_summary_counts_the_slope_after_the_warm_up_only() -> None:
     assert summary["max_mib"] == 81.0
     assert summary["growth_after_warmup_mib"] == 1.0
     assert summary["slope_mib_per_min"] == pytest.approx(0.5)
+    # Second half: from 90 s on, (120, 80) and (180, 81).
+    assert summary["slope_last_half_mib_per_min"] == pytest.approx(1.0)
     assert rss_summary([], warmup=60.0)["end_mib"] is None
     # A run shorter than its warm-up: the last sample stands for "after the warm-up".
     short = rss_summary([(0.0, 50.0), (10.0, 60.0)], warmup=60.0)
