@@ -236,6 +236,14 @@ class ServerKind:
     needs_node: bool = False
     needs_db: bool = False
     """Needs ``ServerOptions.db_url``, a PostgreSQL database of its own."""
+    pythonpath: str = ""
+    """A bosbase variant: ``bosbase-pubsub`` run with this source folder first on
+    ``PYTHONPATH`` (e.g. another commit's ``src``), to measure a change before/after in
+    the same invocation."""
+
+    @property
+    def is_bosbase(self) -> bool:
+        return self.name == "bosbase" or bool(self.pythonpath)
 
 
 SERVER_KINDS: dict[str, ServerKind] = {
@@ -264,6 +272,15 @@ SERVER_KINDS: dict[str, ServerKind] = {
 BASELINE = "ws"
 
 
+def bosbase_variant(name: str, src: Path) -> ServerKind:
+    """``bosbase`` with the ``bosbase_pubsub`` package imported from ``src`` instead."""
+    if not (src / "bosbase_pubsub" / "__init__.py").exists():
+        raise SystemExit(f"{src} holds no bosbase_pubsub package (give a checkout's src folder)")
+    return ServerKind(
+        name, "env", f"bosbase-pubsub, package from {src}", needs_token=True, pythonpath=str(src)
+    )
+
+
 def parse_servers(text: str) -> list[ServerKind]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     choices = sorted(k.name for k in SERVER_KINDS.values() if not k.needs_db)
@@ -288,7 +305,9 @@ def bosbase_exe() -> list[str]:
 class ServerOptions:
     cpu: str | None = "0"
     extra_args: list[str] = field(default_factory=list)
-    """Extra command-line arguments for the bosbase server."""
+    """Extra command-line arguments for the bosbase server (none by default: it is
+    measured as ``serve`` runs out of the box; the load generator spreads its
+    connections over enough loopback addresses for the per-address limit)."""
     db_url: str | None = None
     """The PostgreSQL database of a server kind that ``needs_db`` (it creates its table)."""
     start_timeout: float = 60.0
@@ -309,7 +328,7 @@ class Server:
 
     def argv(self) -> list[str]:
         port = str(self.port)
-        if self.kind.name == "bosbase":
+        if self.kind.is_bosbase:
             return [
                 *bosbase_exe(),
                 "serve",
@@ -317,8 +336,6 @@ class Server:
                 f"127.0.0.1:{port}",
                 "--dir",
                 str(self.dir / "pb_data"),
-                # Nothing else: the default command line a user runs (no publish rate
-                # limit, 10,000 connections per address), unless a benchmark adds flags.
                 *self.opts.extra_args,
             ]
         if self.kind.name == "ws":
@@ -353,11 +370,19 @@ class Server:
         self.stop()
 
     def start(self) -> None:
-        if self.kind.name == "bosbase":
+        env = None
+        if self.kind.pythonpath:
+            env = {**os.environ, "PYTHONPATH": self.kind.pythonpath}
+        if self.kind.is_bosbase:
             data = str(self.dir / "pb_data")
             cmd = [*bosbase_exe(), "superuser", "upsert", SUPERUSER_EMAIL, SUPERUSER_PASSWORD]
             res = subprocess.run(
-                [*cmd, "--dir", data], capture_output=True, text=True, timeout=60, cwd=self.dir
+                [*cmd, "--dir", data],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=self.dir,
+                env=env,
             )
             if res.returncode != 0:
                 raise BenchError(f"`{' '.join(cmd)}` failed: {res.stderr or res.stdout}")
@@ -368,6 +393,7 @@ class Server:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
+                env=env,
                 start_new_session=True,
             )
         _LIVE.add(self.proc)
@@ -474,6 +500,15 @@ class LoadgenOptions:
     setup_timeout: float = 120.0
 
 
+PER_ADDRESS = 8000
+"""Connections per loopback source address: under ``serve``'s default per-address limit."""
+
+
+def source_addresses(connections: int) -> int:
+    """Loopback source addresses (127.0.0.1, .2, ...) for ``connections`` connections."""
+    return max(1, -(-connections // PER_ADDRESS))
+
+
 class LoadGen:
     """The C load generator as a subprocess, driven line by line (see wsload.c)."""
 
@@ -507,6 +542,8 @@ class LoadGen:
             str(opts.setup_timeout),
             "--max-lifetime",
             "7200",
+            "--src-addrs",
+            str(source_addresses(subs + pubs)),
         ]
         if server.token:
             argv += ["--token", server.token]
@@ -542,11 +579,18 @@ class LoadGen:
         return cpu_seconds(self.pid)
 
     def expect(self, event: str, timeout: float) -> Json:
+        msg = self.poll(event, timeout)
+        if msg is None:
+            raise BenchError(f"load generator: no {event!r} within {timeout:.0f}s")
+        return msg
+
+    def poll(self, event: str, timeout: float) -> Json | None:
+        """The next ``event`` line within ``timeout`` seconds, else None (other lines skipped)."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BenchError(f"load generator: no {event!r} within {timeout:.0f}s")
+                return None
             try:
                 msg = self.lines.get(timeout=min(left, 1.0))
             except queue.Empty:
@@ -684,28 +728,32 @@ def run_servers(
 ) -> dict[str, Json]:
     """Run ``run_once`` ``args.repeat`` times per server; each entry gets its runs and median.
 
+    The repetitions are interleaved (run 1 of every server, then run 2...), so that a
+    busy spell of a shared machine spoils one run of each rather than every run of one.
     A server whose run fails gets ``error`` instead of ``median`` (and the others go on).
     """
-    results: dict[str, Json] = {}
+    runs: dict[str, list[Any]] = {kind.name: [] for kind in kinds}
+    errors: dict[str, str] = {}
     with managed(), tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         prepare(kinds)
-        for kind in kinds:
-            runs: list[Any] = []
-            err: str | None = None
-            for i in range(args.repeat):
+        for i in range(args.repeat):
+            for kind in kinds:
+                if kind.name in errors:
+                    continue
                 print(f"[{kind.name}] run {i + 1}/{args.repeat}", file=sys.stderr)
                 try:
-                    runs.append(run_once(kind, args, Path(tmp)))
+                    runs[kind.name].append(run_once(kind, args, Path(tmp)))
                 except BenchError as e:
-                    err = str(e)
+                    errors[kind.name] = str(e)
                     print(f"[{kind.name}] failed: {e}", file=sys.stderr)
-                    break
-            entry: dict[str, Any] = {"description": kind.description, "runs": runs}
-            if runs and err is None:
-                entry["median"] = summarize(runs)
-            if err:
-                entry["error"] = err
-            results[kind.name] = entry
+    results: dict[str, Json] = {}
+    for kind in kinds:
+        entry: dict[str, Any] = {"description": kind.description, "runs": runs[kind.name]}
+        if runs[kind.name] and kind.name not in errors:
+            entry["median"] = summarize(runs[kind.name])
+        if kind.name in errors:
+            entry["error"] = errors[kind.name]
+        results[kind.name] = entry
     return results
 
 

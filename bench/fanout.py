@@ -3,6 +3,7 @@
     uv run python -m bench.fanout --servers bosbase,ws,socketio-node,socketio-py \\
         --subscribers 1000 --rate 50 --duration 20
     uv run python -m bench.fanout --saturate          # raise the rate until saturation
+    uv run python -m bench.fanout --burst --servers bosbase,ws   # 10 publishers at full speed
 
 Per server and repetition a fresh server is started (pinned with taskset, on a free
 loopback port, fresh data folder), the C load generator connects S subscribers and P
@@ -11,6 +12,11 @@ p50/p99 publish-to-delivery latency (probe subscribers), lost messages, the serv
 CPU microseconds per delivery (utime+stime from /proc/PID/stat) and the load
 generator's own. The table shows medians over --repeat runs and ratios against the
 bare Node ``ws`` baseline.
+
+``--burst``: closed loop instead of a set rate. ``--concurrency`` publishers each send a
+publish and wait for its ack before the next (at full speed), for ``--duration`` seconds
+and at most ``--burst-max-rate`` x duration messages (the subscribers' bitmap bound),
+while every subscriber counts, de-duplicates and (the probes) times every delivery.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .common import (
     ServerKind,
     Snapshot,
     add_common_args,
+    bosbase_variant,
     finish,
     fmt,
     loadgen_options,
@@ -70,6 +77,62 @@ def run_step(lg: LoadGen, server: Server, rate: float, duration: float, drain: f
     return res
 
 
+def run_burst(lg: LoadGen, server: Server, args: argparse.Namespace) -> Json:
+    """One closed-loop burst step; the load generator's report plus /proc figures."""
+    max_messages = max(1, int(args.burst_max_rate * args.duration))
+    s0 = Snapshot.take(server, lg)
+    lg.send(f"burst {args.concurrency} {args.duration} {args.drain} {max_messages}")
+    lg.expect("window_end", args.duration + 60)
+    s1 = Snapshot.take(server, lg)
+    res = lg.expect("burst", args.drain + 60)
+    s2 = Snapshot.take(server, lg)
+    window = s1.wall - s0.wall
+    delivered = res["delivered"]
+    res["bound_reached"] = res["published"] >= max_messages
+    res["server_cpu_s"] = s2.server_cpu - s0.server_cpu
+    res["loadgen_cpu_proc_s"] = s2.loadgen_cpu - s0.loadgen_cpu
+    res["server_util"] = (s1.server_cpu - s0.server_cpu) / window if window > 0 else None
+    res["loadgen_util"] = (s1.loadgen_cpu - s0.loadgen_cpu) / window if window > 0 else None
+    res["server_us_per_delivery"] = res["server_cpu_s"] / delivered * 1e6 if delivered else None
+    res["loadgen_us_per_delivery"] = (
+        res["loadgen_cpu_proc_s"] / delivered * 1e6 if delivered else None
+    )
+    res["server_core_other_util"] = other_load(s0, s1)
+    if (res["server_core_other_util"] or 0) > 0.1:
+        print(
+            f"    warning: {res['server_core_other_util']:.0%} of the server's core went to"
+            " other work during this step (another benchmark running?)",
+            file=sys.stderr,
+        )
+    if res["bound_reached"]:
+        print(
+            f"    warning: the {max_messages} message bound was reached before --duration"
+            " (raise --burst-max-rate)",
+            file=sys.stderr,
+        )
+    return res
+
+
+def burst_summary(res: Json) -> Json:
+    lat, ack = res["latency"], res["ack_latency"]
+    return {
+        "deliveries_per_s": res["window_deliveries_per_s"],
+        "publishes_per_s": res["publishes_per_s"],
+        "p50_ms": lat["p50_ms"] if lat["count"] else None,
+        "p99_ms": lat["p99_ms"] if lat["count"] else None,
+        "ack_p50_ms": ack["p50_ms"] if ack["count"] else None,
+        "ack_p99_ms": ack["p99_ms"] if ack["count"] else None,
+        "lost": res["lost"],
+        "duplicates": res["duplicates"],
+        "publish_errors": res["publish_errors"],
+        "server_us_per_delivery": res["server_us_per_delivery"],
+        "loadgen_us_per_delivery": res["loadgen_us_per_delivery"],
+        "server_util": res["server_util"],
+        "loadgen_util": res["loadgen_util"],
+        "server_core_other_util": res["server_core_other_util"],
+    }
+
+
 def summary(res: Json) -> Json:
     lat = res["latency"]
     return {
@@ -108,6 +171,22 @@ def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> Json:
         LoadGen(server, args.subscribers, args.publishers, loadgen_options(args)) as lg,
     ):
         ready = lg.expect("ready", 180)
+        if args.burst:
+            if args.warmup > 0:
+                warm = max(1, int(args.burst_max_rate * args.warmup))
+                lg.send(f"burst {args.concurrency} {args.warmup} {args.drain} {warm}")
+                lg.expect("burst", args.warmup + args.drain + 60)
+            res = run_burst(lg, server, args)
+            s = burst_summary(res)
+            print(
+                f"    {kind.name}: {fmt(s['deliveries_per_s'])} deliveries/s"
+                f" ({fmt(s['publishes_per_s'])} publishes/s), p99 {fmt(s['p99_ms'], '.1f')} ms,"
+                f" lost {s['lost']}, dups {s['duplicates']}, server CPU"
+                f" {fmt((s['server_util'] or 0) * 100, '.0f')}%, loadgen CPU"
+                f" {fmt((s['loadgen_util'] or 0) * 100, '.0f')}%",
+                file=sys.stderr,
+            )
+            return {"setup_seconds": ready["setup_seconds"], "step": res, **s}
         if args.warmup > 0:
             lg.send(f"fanout {args.rate} {args.warmup} {args.drain}")
             lg.expect("fanout", args.warmup + args.drain + 60)
@@ -161,6 +240,10 @@ def run_once(kind: ServerKind, args: argparse.Namespace, workdir: Path) -> Json:
 
 METRICS = (
     "deliveries_per_s",
+    "publishes_per_s",
+    "ack_p50_ms",
+    "ack_p99_ms",
+    "duplicates",
     "p50_ms",
     "p99_ms",
     "lost",
@@ -190,7 +273,26 @@ def report(results: dict[str, Json], args: argparse.Namespace) -> None:
             if m.get("loadgen_us_per_delivery") and m.get("server_us_per_delivery")
             else None
         )
-        if args.saturate:
+        if args.burst:
+            rows.append(
+                [
+                    name,
+                    fmt(m.get("deliveries_per_s")),
+                    ratio(m.get("deliveries_per_s"), base.get("deliveries_per_s")),
+                    fmt(m.get("publishes_per_s")),
+                    fmt(m.get("p50_ms"), ".2f"),
+                    fmt(m.get("p99_ms"), ".2f"),
+                    fmt(m.get("ack_p99_ms"), ".2f"),
+                    fmt(m.get("lost")),
+                    fmt(m.get("duplicates")),
+                    fmt(m.get("server_us_per_delivery"), ".2f"),
+                    ratio(m.get("server_us_per_delivery"), base.get("server_us_per_delivery")),
+                    fmt((m.get("server_util") or 0) * 100, ".0f"),
+                    fmt((m.get("loadgen_util") or 0) * 100, ".0f"),
+                    fmt(lg_over_srv, ".2f"),
+                ]
+            )
+        elif args.saturate:
             rows.append(
                 [
                     name,
@@ -222,7 +324,28 @@ def report(results: dict[str, Json], args: argparse.Namespace) -> None:
                 ]
             )
     print()
-    if args.saturate:
+    if args.burst:
+        print(
+            f"Fan-out burst: {args.subscribers} subscribers, {args.concurrency} publishers at"
+            f" full speed (closed loop) for {args.duration}s, medians of {args.repeat}"
+        )
+        headers = [
+            "server",
+            "deliv/s",
+            "vs ws",
+            "publ/s",
+            "p50 ms",
+            "p99 ms",
+            "ack p99 ms",
+            "lost",
+            "dups",
+            "srv us/deliv",
+            "vs ws",
+            "srv CPU%",
+            "lg CPU%",
+            "lg/srv",
+        ]
+    elif args.saturate:
         print(
             f"Fan-out saturation: {args.subscribers} subscribers, {args.publishers} publisher(s),"
             f" rate x{args.sat_factor} from {args.sat_start_rate} msg/s,"
@@ -273,6 +396,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probes", type=int, default=10, help="subscribers timed for latency")
     p.add_argument("--bulk-interval-ms", type=int, default=50, help="read period of the rest")
     p.add_argument("--saturate", action="store_true", help="raise the rate until saturation")
+    p.add_argument(
+        "--burst", action="store_true", help="closed loop: publishers at full speed, no rate"
+    )
+    p.add_argument("--concurrency", type=int, default=10, help="--burst: publishers in flight")
+    p.add_argument(
+        "--compare-src",
+        type=Path,
+        default=None,
+        metavar="SRC",
+        help="also run bosbase with the package from SRC (another checkout's src folder) as"
+        " server bosbase-base, interleaved with the others: a change before/after",
+    )
+    p.add_argument(
+        "--burst-max-rate",
+        type=float,
+        default=20_000.0,
+        help="--burst: at most this many messages per second of --duration (bitmap bound)",
+    )
     p.add_argument("--sat-start-rate", type=float, default=10.0)
     p.add_argument("--sat-factor", type=float, default=1.5)
     p.add_argument("--sat-step-seconds", type=float, default=5.0)
@@ -289,14 +430,25 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.saturate:
         args.drain = min(args.drain, 5.0)
+    if args.burst:
+        if args.saturate:
+            p.error("--burst and --saturate are two modes: one at a time")
+        if not (1 <= args.concurrency <= 1000 and 1 <= args.burst_max_rate <= 1_000_000):
+            p.error("out of range: --concurrency 1..1000, --burst-max-rate 1..1000000")
+        if args.subscribers * args.burst_max_rate * max(args.duration, args.warmup) > 8e9:
+            p.error("the subscribers' bitmap would exceed 1 GiB: lower --burst-max-rate")
+        args.publishers = max(args.publishers, args.concurrency)
     if not (1 <= args.repeat <= 20 and 1 <= args.subscribers <= 50_000 and args.publishers >= 1):
         p.error("out of range: --repeat 1..20, --subscribers 1..50000, --publishers >= 1")
     if not (0 < args.duration <= 600 and 0 < args.rate <= 100_000):
         p.error("out of range: --duration 0..600 s, --rate 0..100000")
     kinds = parse_servers(args.servers)
+    if args.compare_src is not None:
+        kinds.insert(0, bosbase_variant("bosbase-base", args.compare_src.resolve()))
     results = run_servers(kinds, args, "bench-fanout-", run_once, medians)
     report(results, args)
-    return finish("fanout-saturation" if args.saturate else "fanout", args, results)
+    name = "fanout-burst" if args.burst else "fanout-saturation" if args.saturate else "fanout"
+    return finish(name, args, results)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,15 @@
  *                                    when publishing stops, then {"event":"fanout",...}.
  *   acked CONC DURATION_S            closed loop: CONC publishers each send a publish and wait
  *                                    for its ack before sending the next one.
+ *   burst CONC DURATION_S DRAIN_S MAX
+ *                                    the same closed loop (publishers at full speed), while the
+ *                                    subscribers count, de-duplicate and time every delivery as
+ *                                    in fanout: at most MAX messages (the bitmap is --subs x MAX
+ *                                    bits), for at most DURATION_S, then waits at most DRAIN_S for
+ *                                    the missing deliveries. Prints {"event":"window_end"}, then
+ *                                    {"event":"burst",...} (deliveries/s, lost, duplicates, the
+ *                                    delivery latency of the probes from each publish's send,
+ *                                    the ack latency, the load generator's CPU).
  *   quit
  * It exits on "quit", on EOF on stdin (its parent is gone), and after --max-lifetime seconds.
  *
@@ -315,7 +324,7 @@ static void ws_text(conn *c, int idx, const char *p, size_t n) { ws_send(c, idx,
 
 /* ------------------------------------------------------------------ run state */
 
-enum { M_SETUP, M_IDLE, M_FANOUT, M_DRAIN, M_ACKED, M_ACKED_DRAIN };
+enum { M_SETUP, M_IDLE, M_FANOUT, M_DRAIN, M_ACKED, M_ACKED_DRAIN, M_BURST, M_BURST_DRAIN };
 static int mode = M_SETUP;
 static uint64_t setup_start, mode_deadline, t0;
 static int timerfd;
@@ -325,7 +334,7 @@ static uint64_t step, nmsg, sent, interval_ns, window_end_ns, last_delivery_ns;
 static double rate;
 static uint64_t delivered, delivered_window, dups, stale, acks, pub_errors, other_frames;
 static uint8_t *bits;
-static hist lat;
+static hist lat, ack_lat;
 static char first_error[200];
 
 /* acked step */
@@ -379,7 +388,8 @@ static void on_delivery(int idx, const char *p, size_t n, uint64_t now) {
     rest = n - (size_t)(end - p);
     int64_t bt = parse_int_after(end, rest, "\"bt\":", 5, NULL);
     if (bt < 0) bt = parse_int_after(p, n, "\"bt\":", 5, NULL);
-    if ((mode != M_FANOUT && mode != M_DRAIN) || (uint64_t)bs != step || bq < 0 || (uint64_t)bq >= nmsg) {
+    int counting = mode == M_FANOUT || mode == M_DRAIN || mode == M_BURST || mode == M_BURST_DRAIN;
+    if (!counting || (uint64_t)bs != step || bq < 0 || (uint64_t)bq >= nmsg) {
         stale++;
         return;
     }
@@ -390,7 +400,7 @@ static void on_delivery(int idx, const char *p, size_t n, uint64_t now) {
     }
     bits[bit >> 3] |= (uint8_t)(1u << (bit & 7));
     delivered++;
-    if (now <= window_end_ns || mode == M_FANOUT) delivered_window++;
+    if (now <= window_end_ns || mode == M_FANOUT || mode == M_BURST) delivered_window++;
     last_delivery_ns = now;
     if (!conns[idx].probe || bt <= 0) return; /* bulk subscribers are read late on purpose */
     hist_add(&lat, now > (uint64_t)bt ? (now - (uint64_t)bt) / 1000 : 0);
@@ -405,6 +415,10 @@ static void on_ack(conn *c, int idx, uint64_t now, int is_error, const char *p, 
         c->inflight = 0;
         if (!is_error) hist_add(&lat, (now - c->sent_ns) / 1000);
         if (mode == M_ACKED && now < mode_deadline) acked_send(c, idx, now);
+    } else if ((mode == M_BURST || mode == M_BURST_DRAIN) && c->inflight) {
+        c->inflight = 0;
+        if (!is_error) hist_add(&ack_lat, (now - c->sent_ns) / 1000);
+        if (mode == M_BURST && now < window_end_ns && acked_seq < nmsg) acked_send(c, idx, now);
     }
 }
 
@@ -716,6 +730,7 @@ static void reset_counters(void) {
     sent = delivered = delivered_window = dups = stale = acks = pub_errors = other_frames = 0;
     last_delivery_ns = 0;
     memset(&lat, 0, sizeof lat);
+    memset(&ack_lat, 0, sizeof ack_lat);
     first_error[0] = 0;
 }
 
@@ -817,14 +832,66 @@ static void acked_report(uint64_t now) {
     mode = M_IDLE;
 }
 
+static void cmd_burst(int c, double dur, double drain, double max) {
+    if (opt.subs < 1) die("burst needs --subs");
+    if (c < 1 || c > opt.pubs) die("burst: concurrency %d needs that many --pubs (have %d)", c, opt.pubs);
+    if (dur <= 0 || drain < 0 || max < 1 || max > 1e9) die("bad burst arguments");
+    reset_counters();
+    step++;
+    conc = c;
+    nmsg = (uint64_t)max;
+    acked_seq = 0;
+    free(bits);
+    bits = calloc(((uint64_t)opt.subs * nmsg + 7) / 8 + 1, 1);
+    if (!bits) die("out of memory for %llu x %d bitmap", (unsigned long long)nmsg, opt.subs);
+    cpu_at_start = cpu_self_s();
+    t0 = now_ns();
+    window_end_ns = t0 + (uint64_t)(dur * 1e9);
+    mode_deadline = window_end_ns + (uint64_t)(drain * 1e9);
+    mode = M_BURST;
+    for (int i = 0; i < conc; i++) acked_send(&conns[opt.subs + i], opt.subs + i, now_ns());
+}
+
+static void burst_report(uint64_t now) {
+    uint64_t expected = sent * (uint64_t)opt.subs;
+    double pub_s = (double)(window_end_ns - t0) / 1e9;
+    double span = last_delivery_ns > t0 ? (double)(last_delivery_ns - t0) / 1e9 : 0;
+    char h[400], ha[400];
+    hist_json(&lat, h, sizeof h);
+    hist_json(&ack_lat, ha, sizeof ha);
+    int inflight = 0;
+    for (int i = 0; i < conc; i++) inflight += conns[opt.subs + i].inflight;
+    printf("{\"event\":\"burst\",\"step\":%llu,\"concurrency\":%d,\"subscribers\":%d,\"max_messages\":%llu,"
+           "\"published\":%llu,\"acks\":%llu,\"publish_errors\":%llu,\"first_error\":\"%s\","
+           "\"unanswered\":%d,\"expected\":%llu,\"delivered\":%llu,\"delivered_in_window\":%llu,"
+           "\"lost\":%llu,\"duplicates\":%llu,\"stale\":%llu,\"other_frames\":%llu,\"closed\":%d,"
+           "\"publish_seconds\":%.4f,\"delivery_span_seconds\":%.4f,\"drain_seconds\":%.4f,"
+           "\"publishes_per_s\":%.1f,\"acks_per_s\":%.1f,\"window_deliveries_per_s\":%.1f,"
+           "\"latency\":%s,\"ack_latency\":%s,\"loadgen_cpu_s\":%.4f}\n",
+           (unsigned long long)step, conc, opt.subs, (unsigned long long)nmsg, (unsigned long long)sent,
+           (unsigned long long)acks, (unsigned long long)pub_errors, first_error, inflight,
+           (unsigned long long)expected, (unsigned long long)delivered,
+           (unsigned long long)delivered_window,
+           (unsigned long long)(expected > delivered ? expected - delivered : 0),
+           (unsigned long long)dups, (unsigned long long)stale, (unsigned long long)other_frames, nclosed,
+           pub_s, span, (double)(now - window_end_ns) / 1e9, (double)sent / pub_s, (double)acks / pub_s,
+           (double)delivered_window / pub_s, h, ha, cpu_self_s() - cpu_at_start);
+    fflush(stdout);
+    for (int i = 0; i < conc; i++) conns[opt.subs + i].inflight = 0;
+    free(bits);
+    bits = NULL;
+    mode = M_IDLE;
+}
+
 /* ------------------------------------------------------------------ control */
 
 static char line[1024];
 static size_t linelen;
 
 static void handle_command(char *l) {
-    double a = 0, b = 0, c = 0;
+    double a = 0, b = 0, c = 0, d = 0;
     if (sscanf(l, "fanout %lf %lf %lf", &a, &b, &c) == 3) cmd_fanout(a, b, c);
+    else if (sscanf(l, "burst %lf %lf %lf %lf", &a, &b, &c, &d) == 4) cmd_burst((int)a, b, c, d);
     else if (sscanf(l, "acked %lf %lf", &a, &b) == 2) cmd_acked((int)a, b);
     else if (strncmp(l, "quit", 4) == 0) {
         printf("{\"event\":\"bye\"}\n");
@@ -897,6 +964,12 @@ static void move_bulk(void) {
     }
 }
 
+static int pubs_inflight(void) {
+    int inflight = 0;
+    for (int i = 0; i < conc; i++) inflight += conns[opt.subs + i].inflight;
+    return inflight;
+}
+
 static void run_mode(uint64_t now, uint64_t born) {
     switch (mode) {
     case M_SETUP:
@@ -928,6 +1001,18 @@ static void run_mode(uint64_t now, uint64_t born) {
             mode = M_ACKED_DRAIN;
             mode_deadline = now;
         }
+        break;
+    case M_BURST:
+        if (now >= window_end_ns || (acked_seq >= nmsg && !pubs_inflight())) {
+            if (now < window_end_ns) window_end_ns = now; /* every message sent and acked */
+            mode = M_BURST_DRAIN;
+            printf("{\"event\":\"window_end\",\"published\":%llu}\n", (unsigned long long)sent);
+            fflush(stdout);
+        }
+        break;
+    case M_BURST_DRAIN:
+        if ((!pubs_inflight() && delivered >= sent * (uint64_t)opt.subs) || now >= mode_deadline)
+            burst_report(now);
         break;
     case M_ACKED_DRAIN: {
         int inflight = 0;
