@@ -1,4 +1,4 @@
-"""What only the JetStream store does: its URL, subjects, keys, two nodes on one stream, the feed."""
+"""What only the JetStream store does: its URL, subjects, keys, two nodes on a stream, the feed."""
 
 from __future__ import annotations
 
@@ -180,8 +180,9 @@ async def test_jetstream_drops_messages_older_than_max_age(nats_stream: str) -> 
     await store.open()
     try:
         stored = await store.append([message(), message()])
-        deadline = time.monotonic() + 10
-        while (await store.stream_state()).messages and time.monotonic() < deadline:
+        for _ in range(50):  # JetStream expires messages about once a second
+            if not (await store.stream_state()).messages:
+                break
             await asyncio.sleep(0.2)
         positions = await store.positions()
         assert (positions.newest, positions.pruned_through) == (stored[-1].seq, stored[-1].seq)
@@ -193,6 +194,6 @@ async def test_jetstream_drops_messages_older_than_max_age(nats_stream: str) -> 
 async def test_an_unreachable_server_fails_to_open_with_store_error() -> None:
     store = JetStreamStore(f"nats://127.0.0.1:{free_port()}")
     started = time.monotonic()
-    with pytest.raises(StoreError, match="cannot connect to nats://127.0.0.1"):
+    with pytest.raises(StoreError, match=r"cannot connect to nats://127\.0\.0\.1"):
         await store.open()
     assert time.monotonic() - started < 10
