@@ -11,6 +11,7 @@ folder) and stops only that process, by its PID.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -64,7 +65,11 @@ def stream_url(base: str) -> str:
 
 async def _drop(url: str) -> None:
     settings = parse_url(url)
-    connection = await nats.connect(settings.server, connect_timeout=5, max_reconnect_attempts=0)
+    if unreachable_reason(url) is not None:
+        return  # a server of a test's own, gone with its folder (and the stream in it)
+    connection = await asyncio.wait_for(
+        nats.connect(settings.server, connect_timeout=5, max_reconnect_attempts=0), 10
+    )
     try:
         manager = connection.jsm()
         for name in (settings.stream, *(f"KV_{bucket}" for bucket in settings.buckets)):
