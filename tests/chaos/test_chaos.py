@@ -207,6 +207,10 @@ def run_chaos(
             time.sleep(0.05)
         time.sleep(0.2)  # anything extra (a duplicate) would show now
         elapsed = time.monotonic() - started
+    except BaseException:
+        for node in nodes:
+            print("=== node", node.url, "\n" + "\n".join(node.logs[-80:]))
+        raise
     finally:
         stop.set()
         sync_client.close()

@@ -98,6 +98,9 @@ class JetStreamStore(Store):
         self._js: JetStreamContext | None = None
         self._jsm: JetStreamManager | None = None
         self._buckets: dict[str, KeyValue] = {}
+        self._ack_prefix: str | None = None
+        self._next_ack = 0
+        self._awaiting_acks: dict[int, asyncio.Future[Msg]] = {}
         self.connection_epoch = 0
         """Raised on every disconnect: a feed made in an earlier epoch lost its consumer."""
         self._closed = False
@@ -259,11 +262,10 @@ class JetStreamStore(Store):
             )
             for message in messages
         ]
-        js = self._jetstream()
         if not self.connection().is_connected:
             raise StoreError("jetstream: append: not connected (reconnecting)")
         with translate_errors("append"):
-            acks = await asyncio.wait_for(_publish_all(js, outgoing), REQUEST_TIMEOUT)
+            acks = await asyncio.wait_for(self._publish_all(outgoing), REQUEST_TIMEOUT)
         stored: list[Message] = []
         by_seq: dict[int, Message] = {}
         for message, ack in zip(messages, acks, strict=True):
@@ -278,6 +280,55 @@ class JetStreamStore(Store):
                 by_seq[first.seq] = first
                 stored.append(first)
         return stored
+
+    async def _publish_all(
+        self, outgoing: Sequence[tuple[str, bytes, dict[str, str] | None]]
+    ) -> list[api.PubAck]:
+        """Publish in order without waiting in between, then wait for every ack.
+
+        Each publish names its own reply subject under this store's ack inbox, so
+        the acks come back to ``_acked`` whatever their order; everything this
+        batch registered is removed again, whether it succeeded or not.
+        """
+        nc = self.connection()
+        if self._ack_prefix is None:
+            self._ack_prefix = nc.new_inbox()
+            with translate_errors("append"):
+                await nc.subscribe(self._ack_prefix + ".*", cb=self._acked)
+        loop = asyncio.get_running_loop()
+        first = self._next_ack
+        self._next_ack += len(outgoing)
+        futures: list[asyncio.Future[Msg]] = []
+        try:
+            for n, (subject, payload, headers) in enumerate(outgoing, first):
+                future: asyncio.Future[Msg] = loop.create_future()
+                self._awaiting_acks[n] = future
+                futures.append(future)
+                await nc.publish(subject, payload, reply=f"{self._ack_prefix}.{n}", headers=headers)
+            replies = await asyncio.gather(*futures)
+        finally:
+            for n in range(first, first + len(outgoing)):
+                pending = self._awaiting_acks.pop(n, None)
+                if pending is not None:
+                    pending.cancel()
+        acks: list[api.PubAck] = []
+        for reply in replies:
+            if reply.headers and reply.headers.get(api.Header.STATUS) == "503":
+                raise StoreError("jetstream: append: no stream answers (503)")
+            answer = orjson.loads(reply.data)
+            if "error" in answer:
+                raise nats.js.errors.APIError.from_error(answer["error"])
+            acks.append(api.PubAck.from_response(answer))
+        return acks
+
+    async def _acked(self, msg: Msg) -> None:
+        try:
+            n = int(msg.subject.rsplit(".", 1)[1])
+        except ValueError:
+            return
+        future = self._awaiting_acks.pop(n, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
 
     async def _first_copy(self, message: Message, seq: int) -> Message:
         """The message stored first with ``message``'s key, at ``seq`` (duplicate detection).
@@ -525,20 +576,6 @@ class JetStreamStore(Store):
             if held:
                 with contextlib.suppress(Exception):
                     await bucket.delete(key)
-
-
-async def _publish_all(
-    js: JetStreamContext, outgoing: Sequence[tuple[str, bytes, dict[str, str] | None]]
-) -> list[api.PubAck]:
-    """Publish in order without waiting in between, then wait for every ack."""
-    futures: list[asyncio.Future[api.PubAck]] = []
-    try:
-        for subject, payload, headers in outgoing:
-            futures.append(await js.publish_async(subject, payload, headers=headers))
-        return list(await asyncio.gather(*futures))
-    finally:
-        for future in futures:
-            future.cancel()
 
 
 def _id_header(message: Message) -> dict[str, str] | None:
