@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from . import nats as test_nats
 from .postgres import ENV_ADMIN_URL, PgServer, ThrowawayCluster, find_bin_dir
 from .servers import ServerProcess, cli
 
 BACKENDS = ("sqlite", "postgres")
 BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 """Mark a module or test to run on each backend (``pytestmark = BOTH_BACKENDS``)."""
+STORE_BACKENDS = (*BACKENDS, "nats")
+"""Every store: the storage contract tests run on each (NATS JetStream included)."""
 
 SUPERUSER_EMAIL = "admin@example.com"
 SUPERUSER_PASSWORD = "admin-password-1"
@@ -85,9 +88,31 @@ def pg_database(pg_server: PgServer) -> Iterator[str]:
     pg_server.drop_database(url)
 
 
+@pytest.fixture(scope="session")
+def nats_server() -> str:
+    """The URL of the NATS server the tests make their streams on (skipped if unreachable).
+
+    ``BOSBASE_PUBSUB_TEST_NATS``, else ``nats://127.0.0.1:4222``.
+    """
+    url = test_nats.server_url()
+    reason = test_nats.unreachable_reason(url)
+    if reason is not None:
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def nats_stream(nats_server: str) -> Iterator[str]:
+    """A store URL with a stream (and KV buckets) of its own, deleted after the test."""
+    url = test_nats.stream_url(nats_server)
+    yield url
+    test_nats.drop_stream(url)
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
-    """``sqlite`` or ``postgres``: the store the test's servers use (SQLite unless parametrized)."""
+    """``sqlite``, ``postgres`` or ``nats``: the store the test's servers use (SQLite unless
+    parametrized)."""
     return getattr(request, "param", "sqlite")
 
 
@@ -112,10 +137,13 @@ def start_server(
 
     def start(*args: str, data_dir: Path | None = None, db_url: str | None = None) -> ServerProcess:
         folder = data_dir or tmp_path / f"pb_data_{len(started)}"
-        if db_url is None and backend == "postgres":
+        if db_url is None and backend in ("postgres", "nats"):
             db_url = databases.get(folder)
             if db_url is None:
-                db_url = request.getfixturevalue("pg_server").create_database()
+                if backend == "postgres":
+                    db_url = request.getfixturevalue("pg_server").create_database()
+                else:
+                    db_url = test_nats.stream_url(request.getfixturevalue("nats_server"))
                 make_superuser(folder, db_url)
         elif db_url is None and not (folder / "data.db").exists():
             make_superuser(folder)
@@ -133,6 +161,9 @@ def start_server(
         for url in set(databases.values()):
             if url.rsplit("/", 1)[-1].startswith(pg.prefix):
                 pg.drop_database(url)
+    for url in set(databases.values()):
+        if url.startswith("nats:") and "stream=t_bbps_" in url:
+            test_nats.drop_stream(url)
 
 
 @pytest.fixture(scope="session")

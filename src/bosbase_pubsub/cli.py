@@ -118,11 +118,13 @@ def _option(
     help: str,
     type: Callable[[str], Any] = str,
     metavar: str | None = None,
+    aliases: Sequence[str] = (),
 ) -> None:
-    """Add ``flag`` whose default comes from ``BOSBASE_PUBSUB_<FLAG>`` when set."""
+    """Add ``flag`` (and its ``aliases``) whose default comes from ``BOSBASE_PUBSUB_<FLAG>``."""
     env = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
     parser.add_argument(
         flag,
+        *aliases,
         # argparse runs ``type`` on string defaults too, so a bad variable
         # fails like a bad flag.
         default=os.environ.get(env, default),
@@ -138,9 +140,11 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
         parser,
         "--db",
         default="",
-        help="database URL: postgres://USER:PASSWORD@HOST:PORT/DB to share one database"
-        " between nodes; empty means the SQLite file DIR/data.db",
+        help="store URL: postgres://USER:PASSWORD@HOST:PORT/DB to share one database"
+        " between nodes, or nats://HOST:4222 to share a NATS JetStream server (also"
+        " spelled --store); empty means the SQLite file DIR/data.db",
         metavar="URL",
+        aliases=("--store",),
     )
 
 
@@ -153,7 +157,8 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _add_storage_options(parser)
     _option(parser, "--workers", default="auto", type=_workers,
             help="worker processes sharing the port, each a node of the cluster (needs"
-            " --db postgres://...); auto: one per CPU on PostgreSQL, 1 on SQLite",
+            " --db postgres://... or nats://...); auto: one per CPU on PostgreSQL or"
+            " NATS, 1 on SQLite",
             metavar="N")  # fmt: skip
     _option(parser, "--sqlite-synchronous", default="normal", type=_sqlite_synchronous,
             help="normal: acked messages survive a crash of the process; full: also a"
@@ -676,6 +681,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    if getattr(args, "db", None):
+        from .server.storage import check_store_url
+
+        try:
+            check_store_url(args.db)
+        except ValueError as error:
+            parser.error(f"--db: {error}")  # exits with 2 and the usage line
     if args.command in ("serve", "gentoken"):
         try:
             external_auth_from_args(args).check()

@@ -5,7 +5,8 @@ Each SDK client talks to the server through a ``ChaosProxy`` of its own; a
 chaos thread cuts them at random (an orderly close of both sides, a reset as
 when the client's socket is killed, or only the server's side), the
 publisher's too, so that publishes in flight are resent with their keys. In
-cluster mode (two nodes on one PostgreSQL database) it also restarts a node:
+cluster mode (two nodes on one PostgreSQL database, or one NATS JetStream
+stream) it also restarts a node:
 the proxies first point new connections at the other node, then the node
 stops (closing its WebSockets with 1001, the server's own close) and starts
 again. Subscribers: a sync ``BosBase`` handler, an ``AsyncBosBase`` handler
@@ -206,6 +207,10 @@ def run_chaos(
             time.sleep(0.05)
         time.sleep(0.2)  # anything extra (a duplicate) would show now
         elapsed = time.monotonic() - started
+    except BaseException:
+        for node in nodes:
+            print("=== node", node.url, "\n" + "\n".join(node.logs[-80:]))
+        raise
     finally:
         stop.set()
         sync_client.close()
@@ -276,7 +281,7 @@ def test_every_subscriber_gets_every_message_once_in_order_through_cuts(
     run_chaos([server], restarts=1, seed=chaos_seed)
 
 
-@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("backend", ["postgres", "nats"], indirect=True)
 def test_every_subscriber_gets_every_message_once_in_order_through_node_restarts(
     start_server: StartServer, chaos_seed: int
 ) -> None:

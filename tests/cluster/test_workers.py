@@ -163,4 +163,4 @@ async def test_the_workers_end_when_their_supervisor_is_killed(
 def test_workers_are_refused_on_sqlite(tmp_path: Path) -> None:
     result = cli("serve", "--workers", "2", "--dir", str(tmp_path / "pb_data"))
     assert result.returncode == 2
-    assert "--workers 2 needs a PostgreSQL store" in result.stderr
+    assert "--workers 2 needs a PostgreSQL or NATS store" in result.stderr

@@ -115,6 +115,26 @@ def test_an_own_batch_waits_for_the_other_nodes_rows_below_it() -> None:
     assert delivered(hub) == [3, 4, 5, 6, 7]
 
 
+def test_an_own_batch_with_gaps_goes_out_run_by_run() -> None:
+    """On JetStream other nodes' messages may sit between a batch's (here 7)."""
+    order, hub, _ = sequencer(start=4)
+    order.deliver([message("me", 5), message("me", 6), message("me", 8), message("me", 9)])
+    assert delivered(hub) == [5, 6]
+    order.follow([message("me", 5), message("me", 6), message("other", 7)])
+    assert delivered(hub) == [5, 6, 7, 8, 9]
+    order.follow([message("me", 8), message("me", 9), message("other", 10)])
+    assert delivered(hub) == [5, 6, 7, 8, 9, 10]
+
+
+def test_markers_of_a_gapped_batch_read_before_its_report_hold_the_others_back() -> None:
+    order, hub, commits = sequencer()
+    commits.committing = True
+    order.follow([message("me", 1), message("other", 2), message("me", 3), message("other", 4)])
+    assert delivered(hub) == []
+    order.deliver([message("me", 1), message("me", 3)])
+    assert delivered(hub) == [1, 2, 3, 4]
+
+
 def test_rows_after_an_own_row_not_reported_yet_wait_for_it() -> None:
     order, hub, commits = sequencer()
     commits.committing = True

@@ -13,7 +13,7 @@ from bosbase_pubsub.server.ids import new_id, now_created
 from bosbase_pubsub.server.metrics import Metrics
 from bosbase_pubsub.server.storage import Message, Store, open_store
 
-from ..conftest import BACKENDS
+from ..conftest import STORE_BACKENDS
 
 
 class Recorder:
@@ -37,9 +37,12 @@ class Recorder:
         self.events.append(("ack", [message.id]))
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=STORE_BACKENDS)
 async def recorder(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Recorder]:
-    url = "sqlite:" if request.param == "sqlite" else request.getfixturevalue("pg_database")
+    url = "sqlite:"
+    if request.param != "sqlite":
+        fixture = "pg_database" if request.param == "postgres" else "nats_stream"
+        url = request.getfixturevalue(fixture)
     store = open_store(url, tmp_path)
     await store.open()
     yield Recorder(store)
@@ -91,3 +94,27 @@ async def test_a_failing_delivery_does_not_stop_the_writer(recorder: Recorder) -
 
     assert ("ack", [second.id]) in failing.events
     assert failing.events[-1] == ("deliver", [second.id])
+
+
+async def test_a_batch_counts_as_committing_until_it_is_reported(recorder: Recorder) -> None:
+    """Between the store's answer and the report the feed may see the batch's markers.
+
+    They must find ``committing`` still true (see ``cluster.Sequencer``): a callback
+    scheduled as the append returns runs before the writer reports the batch.
+    """
+    queue = CommitQueue(recorder.store, recorder, Metrics())
+    seen: list[tuple[bool, int]] = []
+    stored = recorder.store.append
+
+    async def append(messages: Sequence[Message]) -> list[Message]:
+        result = await stored(messages)
+        deliveries = sum(1 for kind, _ in recorder.events if kind == "deliver")
+        asyncio.get_running_loop().call_soon(lambda: seen.append((queue.committing, deliveries)))
+        return result
+
+    recorder.store.append = append  # type: ignore[method-assign]
+    queue.submit(message(), recorder.acked)
+    await asyncio.wait_for(queue.drain(), 10)
+    assert seen == [(True, 0)]
+    assert recorder.events[-1][0] == "deliver"
+    assert not queue.committing

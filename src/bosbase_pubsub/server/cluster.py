@@ -10,10 +10,12 @@ Invariants:
 * Every message stored after this node started reaches ``Hub.deliver``
   exactly once, in ``seq`` (commit, position) order, whichever node stored
   it. (The feed guarantees order and exactly-once for the others' rows; see
-  ``storage.postgres_feed``.)
+  ``storage.postgres_feed`` and ``storage.jetstream_feed``.)
 * A message this node stored is delivered from the commit queue's batch,
   never read back: the feed returns it as a marker (``seq`` only). An own
-  batch ``[a..b]`` goes out at once when every ``seq`` below ``a`` is known
+  batch is taken as runs of consecutive seqs ``[a..b]`` (one run on
+  PostgreSQL; on JetStream other nodes' messages may sit between them). A
+  run goes out at once when every ``seq`` below ``a`` is known
   (``known >= a - 1``); else it waits while the feed is woken to read up to
   it (by the store's invariant, every row below ``a`` is committed by then).
   Conversely a marker the commit queue has not reported yet holds the
@@ -31,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -80,24 +83,33 @@ class Sequencer:
         self._reported = max(self._reported, position)
 
     def deliver(self, messages: list[Message]) -> None:
-        """An own batch just committed (``seq`` consecutive, ascending)."""
+        """An own batch just committed (``seq`` ascending; consecutive only in runs).
+
+        On PostgreSQL a batch's seqs are consecutive; on JetStream other nodes'
+        messages may sit between them, so the batch is taken as runs of
+        consecutive seqs, each going out once every seq below it is known.
+        """
         if not messages:
             self._flush()
             return
+        if any(a.seq > b.seq for a, b in itertools.pairwise(messages)):
+            messages = sorted(messages, key=lambda message: message.seq)
         first, last = messages[0].seq, messages[-1].seq
-        self._reported = last
+        self._reported = max(self._reported, last)
         unreported = self._unreported
         if unreported:
             # Markers below this batch belong to batches that will never be reported.
             self._unreported = {seq for seq in unreported if seq > last}
-        if self._known >= first - 1 and not self._waiting:
+        consecutive = last - first + 1 == len(messages)
+        if consecutive and self._known >= first - 1 and not self._waiting:
             # The common case: nothing of the others' is pending below it.
             self._known = max(self._known, last)
             self._hub.deliver(messages)
             return
         for message in messages:
             heapq.heappush(self._waiting, (message.seq, message))
-        self._own_batches.append((first, last))
+        self._own_batches.extend(_runs(messages))
+        self._own_batches.sort()
         self._flush()
         if self._own_batches and self.feed is not None:
             self.feed.wake()
@@ -132,6 +144,17 @@ class Sequencer:
             ready.append(heapq.heappop(waiting)[1])
         if ready:
             self._hub.deliver(ready)
+
+
+def _runs(messages: Sequence[Message]) -> list[tuple[int, int]]:
+    """The runs of consecutive seqs of ``messages`` (ascending), as ``(first, last)``."""
+    runs: list[tuple[int, int]] = []
+    for message in messages:
+        if runs and runs[-1][1] == message.seq - 1:
+            runs[-1] = (runs[-1][0], message.seq)
+        else:
+            runs.append((message.seq, message.seq))
+    return runs
 
 
 class Follower:

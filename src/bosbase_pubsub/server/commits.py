@@ -62,6 +62,8 @@ class CommitQueue:
         self._pending: list[tuple[Message, OnStored]] = []
         self._writer: asyncio.Task[None] | None = None
         self._appending: asyncio.Task[list[Message] | Exception] | None = None
+        self._unreported = 0
+        """Batches sent to the store and not yet reported (acked and delivered, or failed)."""
         self.degraded = False
         """True after a failed commit, until one succeeds."""
 
@@ -72,8 +74,14 @@ class CommitQueue:
 
     @property
     def committing(self) -> bool:
-        """True while a batch is being stored (its outcome is not known yet)."""
-        return self._appending is not None and not self._appending.done()
+        """True from a batch's sending to the store until it has been reported.
+
+        Not only while the store works on it: between the store's answer and the
+        report, the feed may already return the batch's messages as markers
+        (JetStream pushes them at once), and they must then hold the others'
+        messages after them back (see ``cluster.Sequencer``).
+        """
+        return self._unreported > 0
 
     def submit(self, message: Message, on_stored: OnStored) -> None:
         """Queue ``message``; ``on_stored`` runs once it committed or failed."""
@@ -97,6 +105,7 @@ class CommitQueue:
 
     def _start(self, batch: list[tuple[Message, OnStored]]) -> None:
         messages = [message for message, _ in batch]
+        self._unreported += 1
         self._appending = asyncio.get_running_loop().create_task(self._append(messages))
 
     async def _append(self, messages: list[Message]) -> list[Message] | Exception:
@@ -133,6 +142,14 @@ class CommitQueue:
         self, batch: list[tuple[Message, OnStored]], outcome: list[Message] | Exception
     ) -> None:
         """Ack every publish of a finished batch, then deliver the new messages."""
+        try:
+            self._report_outcome(batch, outcome)
+        finally:
+            self._unreported -= 1
+
+    def _report_outcome(
+        self, batch: list[tuple[Message, OnStored]], outcome: list[Message] | Exception
+    ) -> None:
         if isinstance(outcome, Exception):
             if not self.degraded:
                 log.error("store failed to commit %d messages: %s", len(batch), outcome)
@@ -148,8 +165,8 @@ class CommitQueue:
             if result.id == message.id:
                 fresh.append(result)
             _call(on_stored, result, None)
-        # In the same step as the batch stopped counting as committing (see
-        # ``cluster.Sequencer``): the next one, if any, started after it committed.
+        # While the batch still counts as committing (see ``cluster.Sequencer``):
+        # the next one, if any, started after it was stored.
         try:
             self._hub.deliver(fresh)
         except Exception:  # a bug in fan-out must not stop the writer (and its next batch)

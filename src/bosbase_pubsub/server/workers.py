@@ -2,7 +2,7 @@
 
 Each worker is a full node of the cluster design (its own node id, hub,
 commit queue and feed of the other nodes' rows from the shared PostgreSQL
-database), so a message published to any worker reaches the subscribers of
+database or NATS JetStream stream), so a message published to any worker reaches the subscribers of
 all of them, in order, none lost: exactly as between machines. SQLite has no
 cross-process feed, so it serves with one process (``check_workers``).
 
@@ -62,19 +62,24 @@ GATHER_TIMEOUT = 1.0
 """How long ``/metrics`` waits for another worker's exposition."""
 
 
+_SHARED = ("postgres://", "postgresql://", "nats://")
+"""The URL prefixes of the stores several processes can share."""
+
+
 def check_workers(workers: int, db_url: str | None) -> None:
     """Raise ``ValueError`` when ``workers`` processes cannot share the store."""
-    if workers > 1 and not (db_url or "").startswith(("postgres://", "postgresql://")):
+    if workers > 1 and not (db_url or "").startswith(_SHARED):
         raise ValueError(
-            f"--workers {workers} needs a PostgreSQL store (--db postgres://...): the"
-            " workers deliver each other's messages through the shared database's feed,"
-            " which SQLite does not have; on SQLite one process serves (--workers 1)"
+            f"--workers {workers} needs a PostgreSQL or NATS store (--db postgres://... or"
+            " --db nats://...): the workers deliver each other's messages through the"
+            " shared store's feed, which SQLite does not have; on SQLite one process"
+            " serves (--workers 1)"
         )
 
 
 def default_workers(db_url: str | None) -> int:
-    """``auto``: one worker per CPU on PostgreSQL, one process on SQLite."""
-    if (db_url or "").startswith(("postgres://", "postgresql://")):
+    """``auto``: one worker per CPU on PostgreSQL and NATS, one process on SQLite."""
+    if (db_url or "").startswith(_SHARED):
         return max(1, os.cpu_count() or 1)
     return 1
 

@@ -1,4 +1,5 @@
-"""A real store of each backend: SQLite in ``tmp_path``, PostgreSQL on a fresh database."""
+"""A real store of each backend: SQLite in ``tmp_path``, PostgreSQL on a fresh database,
+NATS JetStream on a fresh stream."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import pytest
 from bosbase_pubsub.server.ids import new_id, now_created
 from bosbase_pubsub.server.storage import Message, Store, open_store
 
-from ...conftest import BACKENDS
+from ...conftest import STORE_BACKENDS
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=STORE_BACKENDS)
 def store_url(request: pytest.FixtureRequest) -> str:
-    """The URL ``open_store`` gets: ``sqlite:`` (the file in ``tmp_path``) or a fresh database."""
+    """The URL ``open_store`` gets: ``sqlite:`` (the file in ``tmp_path``), a fresh
+    database, or a fresh JetStream stream."""
     if request.param == "sqlite":
         return "sqlite:"
-    url: str = request.getfixturevalue("pg_database")
+    url: str = request.getfixturevalue(
+        "pg_database" if request.param == "postgres" else "nats_stream"
+    )
     return url
 
 

@@ -68,6 +68,8 @@ def test_the_backend_is_chosen_by_url_scheme(tmp_path: Path) -> None:
     assert type(open_store(f"sqlite:///{tmp_path}/x.db", tmp_path)).__name__ == "SqliteStore"
     for url in ("postgres://u@h:5432/d", "postgresql://u@h/d"):
         assert type(open_store(url, tmp_path)).__name__ == "PostgresStore"
+    for url in ("nats://127.0.0.1:4222", "nats://u:p@h?stream=s&max_age=1h"):
+        assert type(open_store(url, tmp_path)).__name__ == "JetStreamStore"
     with pytest.raises(ValueError, match="unsupported database URL scheme 'mysql'"):
         open_store("mysql://u@h/d", tmp_path)
 
@@ -153,6 +155,12 @@ async def test_a_key_is_stored_once_per_publisher(store: Store) -> None:
     assert stored[3].seq == stored[2].seq
     fresh = [s.seq for s, b in zip(stored, batch, strict=True) if s.id == b.id]
     assert fresh == list(range(fresh[0], fresh[0] + 3))
+    # Retried later, the whole batch is not stored again (its keyed ones).
+    again = await store.append(
+        [message(created_by="u2", key="k"), message(created_by="u1", key="j")]
+    )
+    assert [m.id for m in again] == [stored[1].id, stored[2].id]
+    assert [m.seq for m in again] == [stored[1].seq, stored[2].seq]
     assert await count(store) == 4
 
 

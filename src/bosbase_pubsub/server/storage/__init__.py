@@ -24,18 +24,51 @@ __all__ = [
     "Positions",
     "Store",
     "StoreError",
+    "check_store_url",
+    "is_shared",
     "open_store",
 ]
+
+SHARED_SCHEMES = ("postgres", "postgresql", "nats")
+"""URL schemes of the stores that several nodes share (each has a ``Feed``)."""
+
+
+def is_shared(url: str | None) -> bool:
+    """Whether the store at ``url`` can be shared by several nodes (PostgreSQL, NATS)."""
+    return bool(url) and str(url).split(":", 1)[0] in SHARED_SCHEMES
+
+
+def check_store_url(url: str | None) -> None:
+    """Raise ``ValueError`` saying what is wrong if ``url`` names no store ``open_store`` opens.
+
+    Only the URL is read (no connection): for a clear usage error before starting.
+    """
+    if not url or url == "sqlite:" or url.startswith("sqlite:///"):
+        return
+    scheme = url.split(":", 1)[0]
+    if scheme in ("postgres", "postgresql"):
+        return
+    if scheme == "nats":
+        from .jetstream_common import parse_url
+
+        parse_url(url)
+        return
+    raise ValueError(
+        f"unsupported database URL scheme {scheme!r} (expected sqlite, postgres or nats)"
+    )
 
 
 def open_store(url: str | None, data_dir: Path, *, sqlite_synchronous: str = "normal") -> Store:
     """The store for ``url``; ``None`` or ``sqlite:`` means the embedded file in ``data_dir``.
 
     Accepted: ``sqlite:///path/to/file.db`` (or ``sqlite:`` for ``data_dir/data.db``),
-    and ``postgres://USER:PASSWORD@HOST:PORT/DATABASE`` (or ``postgresql://``) for a
-    database that any number of nodes share. The returned store is not opened yet.
-    Raises ``ValueError`` for any other scheme. ``sqlite_synchronous`` is SQLite's
-    ``synchronous`` pragma (``normal`` or ``full``), see ``ServerConfig``.
+    ``postgres://USER:PASSWORD@HOST:PORT/DATABASE`` (or ``postgresql://``) for a
+    database that any number of nodes share, and ``nats://HOST:PORT[?stream=NAME...]``
+    for a NATS JetStream server they share (see ``jetstream_common.JetStreamSettings``).
+    The returned store is not opened yet. Raises ``ValueError`` for any other scheme
+    or a malformed URL (``check_store_url`` says the same without building a store).
+    ``sqlite_synchronous`` is SQLite's ``synchronous`` pragma (``normal`` or ``full``),
+    see ``ServerConfig``.
     """
     if not url or url == "sqlite:" or url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
@@ -50,4 +83,9 @@ def open_store(url: str | None, data_dir: Path, *, sqlite_synchronous: str = "no
         from .postgres import PostgresStore
 
         return PostgresStore(url)
-    raise ValueError(f"unsupported database URL scheme {scheme!r} (expected sqlite or postgres)")
+    if scheme == "nats":
+        from .jetstream import JetStreamStore
+
+        return JetStreamStore(url)
+    check_store_url(url)
+    raise AssertionError("check_store_url accepted a URL open_store does not open")

@@ -1,11 +1,11 @@
 """The storage interface: one ``Store`` per node, chosen by URL scheme.
 
 The hub, the protocol code and the HTTP routes talk only to this interface,
-so a backend (SQLite, PostgreSQL) slots in without touching them.
+so a backend (SQLite, PostgreSQL, NATS JetStream) slots in without touching them.
 Group commit lives above it (``server.commits``): a backend only needs to
 write a whole batch in one transaction.
 
-A store that several nodes share (PostgreSQL) also offers a ``Feed``: the
+A store that several nodes share (PostgreSQL, JetStream) also offers a ``Feed``: the
 messages every node stores, in commit order, which ``server.cluster`` hands
 to this node's hub. A store only one node uses (SQLite) has none: a node
 delivers its own messages itself, right after their commit.
@@ -191,14 +191,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def append(self, messages: Sequence[Message]) -> list[Message]:
-        """Store every message in one transaction; returns once it has committed.
+        """Store every message (in one transaction where the store has them); returns once stored.
 
         Returns one message per input, in order: the input itself, its
-        ``seq`` now set (consecutive within the batch, in input order), or,
+        ``seq`` now set (ascending in input order; consecutive on a store one
+        writer uses at a time, SQLite and PostgreSQL, but on JetStream other
+        nodes' messages may sit between a batch's), or,
         for an input whose (``created_by``, ``key``) was stored before (or
         earlier in the same batch), that first message, which is not stored
-        again (its ``id`` differs from the input's). Raises ``StoreError`` when nothing
-        was stored.
+        again (its ``id`` differs from the input's). Raises ``StoreError`` when the
+        batch was not stored (on JetStream, which has no transactions, part of it may
+        have been: see ``storage.jetstream``).
         """
 
     @abc.abstractmethod

@@ -1,0 +1,304 @@
+"""Several nodes on one NATS JetStream stream: every message reaches every node, once, in order.
+
+The same checks as on PostgreSQL (``test_cluster``), with the stream as the
+source of truth: three nodes publishing at once, a node killed with SIGKILL
+and restarted, NATS itself restarted mid-stream (a server of the test's own:
+the shared one is never touched, and its folder, streams included, goes
+with it), and resuming on another node. Skipped,
+saying why, when no NATS server with JetStream answers (see ``tests/nats.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bosbase_pubsub.server.storage import Message
+from bosbase_pubsub.server.storage.jetstream import JetStreamStore
+from bosbase_pubsub.server.workers import default_workers
+
+from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, make_superuser
+from ..nats import NatsProcess, find_nats_server, stream_url
+from ..servers import ServerProcess, WsClient, cli, sign_in
+from .test_cluster import (
+    TOPIC,
+    Subscriber,
+    assert_in_publisher_order,
+    node_id,
+    publish_numbered,
+    wait_for_health,
+)
+
+
+async def stored(url: str, topic: str = TOPIC) -> list[Message]:
+    """The messages of ``topic`` in the stream, by sequence."""
+    store = JetStreamStore(url)
+    await store.open()
+    try:
+        found: list[Message] = []
+        while True:
+            after = found[-1].seq if found else 0
+            page = await store.read_topic(topic, after, 10**12, 1000)
+            if not page:
+                return found
+            found.extend(page)
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def cluster_stream(nats_stream: str, tmp_path: Path) -> str:
+    """A fresh stream with the superuser every node's clients sign in as."""
+    make_superuser(tmp_path / "accounts", nats_stream)
+    return nats_stream
+
+
+async def superuser_token(node: ServerProcess) -> str:
+    token: str = (await sign_in(node.url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))[
+        "token"
+    ]
+    return token
+
+
+async def test_three_nodes_publishing_at_once_deliver_everything_once_in_order(
+    start_server: StartServer, cluster_stream: str
+) -> None:
+    nodes = [start_server(db_url=cluster_stream) for _ in range(3)]
+    token = await superuser_token(nodes[0])  # valid on every node: one secret, in KV
+    subscribers = [await Subscriber.on(node) for node in nodes for _ in range(2)]
+    publishers = [
+        await WsClient.connect(node.ws_url, token=token) for node in nodes for _ in range(2)
+    ]
+    per_publisher = 100
+    try:
+        acked = await asyncio.gather(
+            *(
+                publish_numbered(client, f"p{i}", per_publisher)
+                for i, client in enumerate(publishers)
+            )
+        )
+        total = per_publisher * len(publishers)
+        for subscriber in subscribers:
+            await subscriber.wait_for(total)
+        await asyncio.sleep(0.3)  # time for a duplicate to show up, if any would
+        rows = await stored(cluster_stream)
+        assert len(rows) == total
+        expected = {row.id for row in rows}
+        assert expected == {message_id for ids in acked for message_id in ids}
+        for subscriber in subscribers:
+            subscriber.drain()
+            assert len(subscriber.received) == total, "a duplicate was delivered"
+            # Every node delivers in stream order, whichever node stored what.
+            assert subscriber.ids() == [row.id for row in rows]
+            seqs = [int(m["position"].rsplit(":", 1)[1]) for m in subscriber.received]
+            assert seqs == [row.seq for row in rows]
+            assert_in_publisher_order(subscriber.received)
+            for i, ids in enumerate(acked):
+                mine = [m["id"] for m in subscriber.received if m["data"]["p"] == f"p{i}"]
+                assert mine == ids
+    finally:
+        for client in [*publishers, *(s.client for s in subscribers)]:
+            await client.close()
+
+
+async def test_a_node_killed_mid_stream_and_restarted(
+    start_server: StartServer, cluster_stream: str
+) -> None:
+    nodes = [start_server(db_url=cluster_stream) for _ in range(3)]
+    token = await superuser_token(nodes[1])
+    watchers = [await Subscriber.on(nodes[1]), await Subscriber.on(nodes[2])]
+    doomed = await WsClient.connect(nodes[0].ws_url, token=token)
+    survivor = await WsClient.connect(nodes[1].ws_url, token=token)
+    acked: list[str] = []
+    enough = asyncio.Event()
+
+    async def publish(client: WsClient, publisher: str, count: int) -> None:
+        for n in range(count):
+            try:
+                reply = await client.publish(TOPIC, {"p": publisher, "n": n})
+            except ConnectionError:
+                return  # its node was killed
+            assert reply["type"] == "published", reply
+            acked.append(reply["id"])
+            if len(acked) >= 100:
+                enough.set()
+            await asyncio.sleep(0.002)
+
+    try:
+        doomed_task = asyncio.create_task(publish(doomed, "killed", 10_000))
+        survivor_task = asyncio.create_task(publish(survivor, "survivor", 300))
+        await asyncio.wait_for(enough.wait(), 30)
+        nodes[0].kill()  # SIGKILL mid-stream
+        await asyncio.wait_for(doomed_task, 15)
+        await asyncio.wait_for(survivor_task, 60)
+
+        # The restarted node resumes from the newest message: no history replayed.
+        restarted = start_server(data_dir=nodes[0].data_dir, db_url=cluster_stream)
+        late = await Subscriber.on(restarted)
+        again = await WsClient.connect(restarted.ws_url, token=token)
+        after = await publish_numbered(survivor, "after", 20, window=5)
+        after += await publish_numbered(again, "restarted", 20, window=5)
+        await late.wait_for(40)
+        await asyncio.sleep(0.2)
+        late.drain()
+        assert late.ids() == after  # nothing from before it started, nothing twice
+        assert_in_publisher_order(late.received)
+
+        rows = await stored(cluster_stream)
+        stored_ids = [row.id for row in rows]
+        assert set(acked) | set(after) <= set(stored_ids)
+        for watcher in watchers:
+            await watcher.wait_for(len(rows))
+            await asyncio.sleep(0.2)
+            watcher.drain()
+            # Exactly the stored messages (also any the killed node stored but never acked).
+            assert watcher.ids() == stored_ids
+            assert_in_publisher_order(watcher.received)
+        await again.close()
+        await late.client.close()
+    finally:
+        await survivor.close()
+        await doomed.session.close()
+        for watcher in watchers:
+            await watcher.client.close()
+
+
+@pytest.fixture
+def own_nats() -> Iterator[NatsProcess]:
+    """A NATS server of this test's own, which it may stop and start (by its PID)."""
+    binary = find_nats_server()
+    if binary is None:
+        pytest.skip("nats-server is not installed")
+    server = NatsProcess(binary).start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+async def test_nats_restarting_mid_stream(
+    start_server: StartServer, own_nats: NatsProcess, tmp_path: Path
+) -> None:
+    url = stream_url(own_nats.url)
+    make_superuser(tmp_path / "accounts", url)
+    nodes = [start_server(db_url=url) for _ in range(2)]
+    ids = [node_id(node) for node in nodes]
+    token = await superuser_token(nodes[0])
+    subscribers = [await Subscriber.on(node) for node in nodes]
+    publishers = [await WsClient.connect(node.ws_url, token=token) for node in nodes]
+    acked: list[str] = []
+    refused: list[str] = []
+    stop = asyncio.Event()
+    progress = asyncio.Event()
+
+    async def publish(client: WsClient, publisher: str) -> None:
+        n = 0
+        while not stop.is_set() and n < 5000:
+            reply = await client.publish(TOPIC, {"p": publisher, "n": n})
+            n += 1
+            if reply["type"] == "published":
+                acked.append(reply["id"])
+                if len(acked) % 50 == 0:
+                    progress.set()
+            else:
+                refused.append(reply["message"])
+            await asyncio.sleep(0.005)
+
+    tasks = [asyncio.create_task(publish(client, f"p{i}")) for i, client in enumerate(publishers)]
+    try:
+        await asyncio.wait_for(progress.wait(), 30)
+        # A clean restart (SIGTERM): what NATS acked is on its disk.
+        await asyncio.to_thread(own_nats.stop, signal.SIGTERM)
+        await wait_for_health(nodes, 503, 15)
+        refused_before = len(refused)
+        await asyncio.sleep(0.3)
+        assert len(refused) > refused_before, "publishes go on being refused while it is down"
+        await asyncio.to_thread(own_nats.start)
+        await wait_for_health(nodes, 200, 30)
+        acked_before = len(acked)
+        progress.clear()
+        while len(acked) < acked_before + 100:
+            await asyncio.wait_for(progress.wait(), 30)
+            progress.clear()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+        assert set(refused) == {"failed to publish message"}
+        rows = await stored(url)
+        acked_set = set(acked)
+        assert acked_set <= {row.id for row in rows}, "an acknowledged message was lost"
+        for subscriber, own in zip(subscribers, ids, strict=True):
+            # Every stored message from the other node, and every acked one from its own (a
+            # publish refused as NATS went down may still have been stored: only the other
+            # node delivers it).
+            must = [row.id for row in rows if row.origin != own or row.id in acked_set]
+            await subscriber.wait_for(len(must))
+            await asyncio.sleep(0.2)
+            subscriber.drain()
+            received = subscriber.ids()
+            assert len(received) == len(set(received)), "a duplicate was delivered"
+            assert set(must) <= set(received) <= {row.id for row in rows}
+            assert_in_publisher_order(subscriber.received)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in [*publishers, *(s.client for s in subscribers)]:
+            await client.close()
+        for node in nodes:
+            node.stop()
+
+
+async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
+    start_server: StartServer, cluster_stream: str
+) -> None:
+    a, b = start_server(db_url=cluster_stream), start_server(db_url=cluster_stream)
+    publisher = await WsClient.connect(a.ws_url, token=await superuser_token(a))
+    on_a = await Subscriber.on(a)
+    try:
+        seen = await publish_numbered(publisher, "p", 20)
+        await on_a.wait_for(20)
+        last = on_a.received[-1]["position"]
+        await on_a.client.close()
+        missed = await publish_numbered(publisher, "p", 30)
+        racing = asyncio.create_task(publish_numbered(publisher, "p", 50))
+        on_b = Subscriber(b, await WsClient.connect(b.ws_url))
+        ack = await on_b.client.request("subscribe", topic=TOPIC, since=last)
+        assert ack["replay"] == "complete"
+        assert ack["position"] == last
+        later = await racing
+        await on_b.wait_for(80)
+        await asyncio.sleep(0.3)
+        on_b.drain()
+        assert on_b.ids() == missed + later
+        assert seen[-1] not in on_b.ids()
+        await on_b.client.close()
+    finally:
+        await publisher.close()
+
+
+def test_a_malformed_url_exits_2_and_an_unreachable_server_exits_1(tmp_path: Path) -> None:
+    malformed = cli("serve", "--dir", str(tmp_path), "--store", "nats://h?stream=a.b")
+    assert malformed.returncode == 2
+    assert "--db: invalid nats URL" in malformed.stderr
+    assert "stream 'a.b'" in malformed.stderr
+    from ..postgres import free_port
+
+    unreachable = cli("serve", "--dir", str(tmp_path), "--db", f"nats://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 1
+    assert "error: cannot start: jetstream: cannot connect to nats://127.0.0.1" in (
+        unreachable.stderr
+    )
+    assert "Traceback" not in unreachable.stderr
+
+
+def test_workers_auto_means_one_per_cpu_on_nats() -> None:
+    import os
+
+    assert default_workers("nats://127.0.0.1:4222") == max(1, os.cpu_count() or 1)
+    assert default_workers(None) == 1
