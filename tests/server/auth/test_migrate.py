@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from bosbase_pubsub.server.auth.collections import COLLECTIONS
 from bosbase_pubsub.server.auth.commands import copy_accounts, create_user
 from bosbase_pubsub.server.auth.tokens import secret_name
@@ -34,9 +36,11 @@ def auth_refresh(base_url: str, token: str, collection: str = "users") -> int:
         return error.code
 
 
-async def test_accounts_and_tokens_move_from_sqlite_to_postgresql(
-    start_server: StartServer, tmp_path: Path, pg_database: str
+@pytest.mark.parametrize("target", ["pg_database", "nats_stream"])
+async def test_accounts_and_tokens_move_from_sqlite_to_postgresql_or_nats(
+    start_server: StartServer, tmp_path: Path, target: str, request: pytest.FixtureRequest
 ) -> None:
+    store_url: str = request.getfixturevalue(target)
     old = start_server()  # SQLite, with the superuser
     created = cli("user", "create", USER_EMAIL, USER_PASSWORD, "--dir", str(old.data_dir))
     assert created.returncode == 0, created.stderr
@@ -44,14 +48,14 @@ async def test_accounts_and_tokens_move_from_sqlite_to_postgresql(
     admin_token = http_sign_in(old.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
     old.stop()
 
-    moved = cli("migrate", "--from", str(old.data_dir), "--to", pg_database)
+    moved = cli("migrate", "--from", str(old.data_dir), "--to", store_url)
     assert moved.returncode == 0, moved.stderr
     assert moved.stdout.splitlines() == [
         "users: 1 copied, 0 already there",
         "_superusers: 1 copied, 0 already there",
     ]
 
-    new = start_server(data_dir=tmp_path / "pg_node", db_url=pg_database)
+    new = start_server(data_dir=tmp_path / "new_node", db_url=store_url)
     # Tokens issued by the old store verify on the new one, and passwords still work.
     assert auth_refresh(new.url, user_token) == 200
     assert auth_refresh(new.url, admin_token, "_superusers") == 200
@@ -63,7 +67,7 @@ async def test_accounts_and_tokens_move_from_sqlite_to_postgresql(
         await publisher.close()
 
     # Again: nothing is copied twice.
-    again = cli("migrate", "--from", str(old.data_dir), "--to", pg_database)
+    again = cli("migrate", "--from", str(old.data_dir), "--to", store_url)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [
         "users: 0 copied, 1 already there",
