@@ -1,10 +1,14 @@
-"""Cross-node delivery through PostgreSQL: latency, the cross-node path's throughput, and
-acked publishes, each beside its single-node figure from the same run.
+"""Cross-node delivery through PostgreSQL (and NATS JetStream): latency, the cross-node
+path's throughput, and acked publishes, each beside its single-node figure from the same run.
 
     uv run python -m bench.cluster --pg postgres://root@127.0.0.1:5432/test
+    uv run python -m bench.cluster --stores postgres,nats --phases latency,xnode,publish
 
 Each phase runs on a fresh database created on the ``--pg`` server (an admin URL; the
-database is named ``bench_cluster_<random>`` and dropped after), with fresh nodes:
+database is named ``bench_cluster_<random>`` and dropped after), with fresh nodes. With
+``--stores postgres,nats`` the latency, xnode, commit and publish phases also run on a
+fresh JetStream stream of the ``--nats`` server (``bench_<random>``, deleted after),
+the two stores side by side in one run:
 
 latency   ``--nodes`` nodes (default 3) on one database. One publisher connection per node,
           open loop at ``--rate`` msg/s in all, spread evenly over the nodes (each message
@@ -20,6 +24,11 @@ path      the cross-node path alone: this process stores rows as another node wo
           same ``_pubsub_store_batch``: lock, multi-row insert, notify; ``--path-batch`` rows per
           transaction) at each of ``--path-rates`` msg/s for ``--path-step`` s; one
           subscriber per node counts what its node delivers and when.
+xnode     end to end across nodes: ``--concurrency``'s largest count of closed-loop
+          publishers (the C load generator) on node 1, one subscriber on each other node:
+          acked publishes/s, what each other node delivered and how late, lost and
+          duplicated messages, and the CPU of node 1 per ack and of each other node per
+          message it delivered (reading the feed and writing to one subscriber).
 commit    the commit path alone (``bench.commit``: the node's commit queue and store in one
           process, no WebSocket), pinned like the publish phase's node: ``--concurrency``
           in-process publishers each wait for their commit before the next, with group
@@ -65,7 +74,6 @@ import asyncpg
 import orjson
 
 from .common import (
-    CLK_TCK,
     SERVER_KINDS,
     SUPERUSER_EMAIL,
     SUPERUSER_PASSWORD,
@@ -88,6 +96,7 @@ from .common import (
     write_result,
 )
 from .publish import run_acked
+from .stores import DEFAULT_NATS, fresh_stream, process_cpu_seconds
 
 TOPIC = "bench"
 DEFAULT_PG = "postgres://root@127.0.0.1:5432/test"
@@ -134,6 +143,16 @@ def make_superuser(db_url: str) -> None:
         raise BenchError(f"superuser upsert failed: {res.stderr or res.stdout}")
 
 
+@contextlib.asynccontextmanager
+async def fresh_store(store: str, args: argparse.Namespace) -> AsyncIterator[str]:
+    """A new, empty store of kind ``store`` (``postgres`` or ``nats``), with the bench
+    superuser in it; dropped on exit."""
+    fresh = fresh_database(args.pg) if store == "postgres" else fresh_stream(args.nats)
+    async with fresh as url:
+        await asyncio.to_thread(make_superuser, url)
+        yield url
+
+
 @contextlib.contextmanager
 def nodes(
     count: int, db_url: str | None, workdir: Path, *, cpu: str | None = None
@@ -157,22 +176,11 @@ def nodes(
 # --------------------------------------------------------------------------- statistics
 
 
-def postgres_cpu_seconds() -> float:
-    """utime+stime of every local ``postgres`` process (0 when PostgreSQL is elsewhere)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+def store_cpu_seconds(store: str) -> float:
+    """utime+stime of the local processes of ``store``'s server (0 for SQLite, or when
+    the server runs elsewhere)."""
+    name = {"postgres": "postgres", "nats": "nats-server"}.get(store)
+    return process_cpu_seconds(name) if name else 0.0
 
 
 def percentiles(samples: Sequence[float]) -> Json:
@@ -585,12 +593,16 @@ async def run_xnode(servers: Sequence[Server], args: argparse.Namespace) -> Json
         try:
             with LoadGen(servers[0], 0, conc, opts) as lg:
                 await asyncio.to_thread(lg.expect, "ready", 180)
+                cpu_before = [server.cpu() for server in servers]
                 lg.send(f"acked {conc} {args.publish_duration}")
                 result = await asyncio.to_thread(lg.expect, "acked", args.publish_duration + 60)
             acks = result["acks"]
             started = time.monotonic()
             await wait_until(lambda: all(len(s.seen) >= acks for s in subs), args.drain)
             drain = time.monotonic() - started
+            cpu = [
+                server.cpu() - before for server, before in zip(servers, cpu_before, strict=True)
+            ]
         finally:
             for task in tasks:
                 task.cancel()
@@ -605,6 +617,12 @@ async def run_xnode(servers: Sequence[Server], args: argparse.Namespace) -> Json
         "delivered_per_node": [len(s.seen) for s in subs],
         "delivered_per_s_per_node": round(min(len(s.seen) for s in subs) / window, 1),
         "drain_s": round(drain, 3),
+        # CPU of the node the publishes reached, per ack; of each other node (reading the
+        # store's feed, delivering to its one subscriber), per message it delivered.
+        "publisher_us_per_ack": cpu[0] / acks * 1e6 if acks else None,
+        "follower_us_per_message": [
+            c / len(s.seen) * 1e6 if s.seen else None for c, s in zip(cpu[1:], subs, strict=True)
+        ],
         "lost": sum(max(0, acks - len(s.seen)) for s in subs),
         "duplicates": sum(s.duplicates for s in subs),
         "latency": percentiles([x for s in subs for x in s.latencies]),
@@ -617,7 +635,7 @@ async def run_xnode(servers: Sequence[Server], args: argparse.Namespace) -> Json
 PUBLISH_REFERENCE = "reference (asyncpg group commit)"
 
 
-def measure_publish(server: Server, args: argparse.Namespace) -> Json:
+def measure_publish(server: Server, store: str, args: argparse.Namespace) -> Json:
     """Acked publishes on ``server`` (the C load generator, as ``bench.publish`` runs it)."""
     out: Json = {}
     opts = LoadgenOptions(cpu=args.loadgen_cpu or None, payload=args.payload)
@@ -626,26 +644,27 @@ def measure_publish(server: Server, args: argparse.Namespace) -> Json:
         for conc in args.concurrency:
             lg.send(f"acked {conc} {args.warmup}")
             lg.expect("acked", args.warmup + 60)
-            pg_before, wall_before = postgres_cpu_seconds(), time.monotonic()
+            store_before, wall_before = store_cpu_seconds(store), time.monotonic()
             result = run_acked(lg, server, conc, args.publish_duration)
-            pg_cpu = postgres_cpu_seconds() - pg_before
-            result["postgres_util"] = pg_cpu / (time.monotonic() - wall_before)
+            store_cpu = store_cpu_seconds(store) - store_before
+            result["store_util"] = store_cpu / (time.monotonic() - wall_before)
             result.pop("raw", None)
             out[str(conc)] = result
     return out
 
 
-def run_publish(db_url: str | None, workdir: Path, args: argparse.Namespace) -> Json:
-    """Acked publishes on one bosbase node, on ``db_url`` (``None``: SQLite)."""
+def run_publish(store: str, db_url: str | None, workdir: Path, args: argparse.Namespace) -> Json:
+    """Acked publishes on one bosbase node of ``store`` at ``db_url`` (``None``: SQLite)."""
     with nodes(1, db_url, workdir, cpu=args.server_cpu or None) as [server]:
-        return measure_publish(server, args)
+        return measure_publish(server, store, args)
 
 
 def run_publish_reference(db_url: str, workdir: Path, args: argparse.Namespace) -> Json:
     """The same load against ``baselines/pg_group_commit.py``, on the same CPU."""
+    store = "postgres"
     opts = ServerOptions(cpu=args.server_cpu or None, db_url=db_url)
     with Server(SERVER_KINDS["pg-group-commit"], opts, workdir) as server:
-        return measure_publish(server, args)
+        return measure_publish(server, store, args)
 
 
 # --------------------------------------------------------------------------- commit
@@ -707,6 +726,19 @@ def main(argv: list[str] | None = None) -> int:
         or DEFAULT_PG,
         help="admin URL of the PostgreSQL server to create the benchmark databases on",
     )
+    p.add_argument(
+        "--nats",
+        default=os.environ.get("BOSBASE_PUBSUB_BENCH_NATS")
+        or os.environ.get("BOSBASE_PUBSUB_TEST_NATS")
+        or DEFAULT_NATS,
+        help="NATS server (JetStream on) to create the benchmark streams on, with --stores nats",
+    )
+    p.add_argument(
+        "--stores",
+        default="postgres",
+        help="comma list of cluster stores, side by side in each phase: postgres, nats"
+        " (the path phase is PostgreSQL's alone)",
+    )
     p.add_argument("--phases", default="latency,path,xnode,commit,publish", help="comma list")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--rate", default="1000", help="comma list of msg/s for the latency phase")
@@ -746,6 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     args.path_rates = [float(x) for x in str(args.path_rates).split(",") if x.strip()]
     args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
     phases = {x.strip() for x in args.phases.split(",") if x.strip()}
+    args.stores = [x.strip() for x in str(args.stores).split(",") if x.strip()]
+    if not args.stores or not set(args.stores) <= {"postgres", "nats"}:
+        p.error("--stores: postgres, nats")
     if not phases <= set(PHASES):
         p.error(f"--phases: {', '.join(PHASES)}")
     if not (
@@ -790,12 +825,15 @@ LATENCY_REFERENCE = "socket.io + postgres-adapter"
 async def latency_run(
     kind: str, count: int, rate: float, admin: str, workdir: Path, args: argparse.Namespace
 ) -> Json:
-    """One latency run on ``count`` fresh nodes of ``kind``: ``postgres``, ``sqlite``
-    (bosbase on either store) or ``socketio-pg`` (the Socket.IO baseline's cluster)."""
+    """One latency run on ``count`` fresh nodes of ``kind``: ``postgres``, ``nats``,
+    ``sqlite`` (bosbase on that store) or ``socketio-pg`` (the Socket.IO baseline's
+    cluster)."""
     async with contextlib.AsyncExitStack() as stack:
         db_url = None
-        if kind != "sqlite":
+        if kind == "socketio-pg":
             db_url = await stack.enter_async_context(fresh_database(admin))
+        elif kind != "sqlite":
+            db_url = await stack.enter_async_context(fresh_store(kind, args))
         if kind == "socketio-pg":
             await asyncio.to_thread(ensure_node_modules)
             servers = [
@@ -808,8 +846,6 @@ async def latency_run(
             ]
             wire: Wire = SOCKET_IO
         else:
-            if db_url is not None:
-                await asyncio.to_thread(make_superuser, db_url)
             servers = stack.enter_context(nodes(count, db_url, workdir))
             wire = ENVELOPES
         with collector_paused():
@@ -827,10 +863,12 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
     admin = args.pg
     if "latency" in phases:
         results["latency"] = {}
-        runs: list[tuple[str, int, str]] = [(f"postgres x{args.nodes}", args.nodes, "postgres")]
+        runs: list[tuple[str, int, str]] = [
+            (f"{store} x{args.nodes}", args.nodes, store) for store in args.stores
+        ]
         if args.latency_reference:
             runs.append((f"{LATENCY_REFERENCE} x{args.nodes}", args.nodes, "socketio-pg"))
-        runs += [("postgres x1", 1, "postgres"), ("sqlite x1", 1, "sqlite")]
+        runs += [(f"{store} x1", 1, store) for store in (*args.stores, "sqlite")]
         for label, count, kind in runs:
             for rate in args.rate:
                 print(f"[latency] {label} at {rate:,.0f} msg/s", file=sys.stderr)
@@ -856,28 +894,33 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
                     batch=args.path_batch,
                 )
     if "xnode" in phases:
-        print(f"[xnode] {args.nodes} nodes", file=sys.stderr)
-        async with fresh_database(admin) as db_url:
-            await asyncio.to_thread(make_superuser, db_url)
-            with nodes(args.nodes, db_url, workdir) as servers, collector_paused():
-                results["xnode"] = await run_xnode(servers, args)
-        print(f"    {results['xnode']}", file=sys.stderr)
+        results["xnode"] = {}
+        for store in args.stores:
+            print(f"[xnode] {store}, {args.nodes} nodes", file=sys.stderr)
+            async with fresh_store(store, args) as db_url:
+                with nodes(args.nodes, db_url, workdir) as servers, collector_paused():
+                    results["xnode"][store] = await run_xnode(servers, args)
+            print(f"    {results['xnode'][store]}", file=sys.stderr)
     if "commit" in phases:
         results["commit"] = {}
-        for store, mode, extra in COMMIT_RUNS:
+        commit_runs = [*COMMIT_RUNS]
+        if "nats" in args.stores:
+            commit_runs.insert(2, ("nats", "group commit", []))
+        for store, mode, extra in commit_runs:
             label = f"{store}, {mode}"
             print(f"[commit] {label}", file=sys.stderr)
             async with contextlib.AsyncExitStack() as stack:
                 commit_db: str | None = None
-                if store == "postgres":
-                    commit_db = await stack.enter_async_context(fresh_database(admin))
+                if store != "sqlite":
+                    commit_db = await stack.enter_async_context(fresh_store(store, args))
                 result = await asyncio.to_thread(run_commit_path, commit_db, extra, args)
             results["commit"][label] = result
             print(f"    {result}", file=sys.stderr)
     if "publish" in phases:
         results["publish"] = {}
         reference_row = [PUBLISH_REFERENCE] if args.publish_reference else []
-        for label in ["postgres", *reference_row, "sqlite"]:
+        others = [store for store in args.stores if store != "postgres"]
+        for label in ["postgres", *reference_row, *others, "sqlite"]:
             print(f"[publish] {label}", file=sys.stderr)
             async with contextlib.AsyncExitStack() as stack:
                 if label == PUBLISH_REFERENCE:
@@ -889,12 +932,11 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
                     except BenchError as e:  # bosbase's own figures still stand
                         print(f"    reference failed: {e}", file=sys.stderr)
                         result = {"error": str(e)}
-                elif label == "postgres":
-                    db_url = await stack.enter_async_context(fresh_database(admin))
-                    await asyncio.to_thread(make_superuser, db_url)
-                    result = await asyncio.to_thread(run_publish, db_url, workdir, args)
+                elif label != "sqlite":
+                    db_url = await stack.enter_async_context(fresh_store(label, args))
+                    result = await asyncio.to_thread(run_publish, label, db_url, workdir, args)
                 else:
-                    result = await asyncio.to_thread(run_publish, None, workdir, args)
+                    result = await asyncio.to_thread(run_publish, "sqlite", None, workdir, args)
             results["publish"][label] = result
             print(f"    {result}", file=sys.stderr)
         reference = results["publish"].get(PUBLISH_REFERENCE, {})
@@ -982,15 +1024,27 @@ def report(args: argparse.Namespace, results: Json) -> None:
             ],
         )
     if "xnode" in results:
-        x = results["xnode"]
         print(
-            f"\nEnd to end across nodes: {x['publishers']} closed-loop publishers on node 1,"
-            f" one subscriber on each of nodes 2..{x['nodes']}"
+            f"\nEnd to end across nodes: {max(args.concurrency)} closed-loop publishers on"
+            f" node 1, one subscriber on each of nodes 2..{args.nodes}"
         )
         print_table(
-            ["acks/s", "delivered/s/node", "p50 ms", "p99 ms", "max ms", "lost", "dup", "errors"],
+            [
+                "store",
+                "acks/s",
+                "delivered/s/node",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "lost",
+                "dup",
+                "errors",
+                "node 1 us/ack",
+                "others us/msg",
+            ],
             [
                 [
+                    store,
                     fmt(x["acks_per_s"]),
                     fmt(x["delivered_per_s_per_node"]),
                     fmt(x["latency"]["p50_ms"], ".2f"),
@@ -999,7 +1053,10 @@ def report(args: argparse.Namespace, results: Json) -> None:
                     fmt(x["lost"]),
                     fmt(x["duplicates"]),
                     fmt(x["errors"]),
+                    fmt(x["publisher_us_per_ack"], ".1f"),
+                    " / ".join(fmt(v, ".1f") for v in x["follower_us_per_message"]),
                 ]
+                for store, x in results["xnode"].items()
             ],
         )
     if "commit" in results:
@@ -1044,6 +1101,7 @@ def report(args: argparse.Namespace, results: Json) -> None:
                 " (baselines/pg_group_commit.py, same CPU, same run)"
             )
         reference = results["publish"].get(PUBLISH_REFERENCE, {})
+        postgres = results["publish"].get("postgres", {})
         rows = []
         for label, by_conc in results["publish"].items():
             if "error" in by_conc:
@@ -1058,12 +1116,15 @@ def report(args: argparse.Namespace, results: Json) -> None:
                         ratio(r["acks_per_s"], reference.get(conc, {}).get("acks_per_s"))
                         if label == "postgres"
                         else "-",
+                        ratio(r["acks_per_s"], postgres.get(conc, {}).get("acks_per_s"))
+                        if label not in ("postgres", PUBLISH_REFERENCE)
+                        else "-",
                         fmt(r["p50_ms"], ".2f"),
                         fmt(r["p99_ms"], ".2f"),
                         fmt(r["errors"]),
                         fmt(r["server_us_per_ack"], ".1f"),
                         fmt((r["server_util"] or 0) * 100, ".0f"),
-                        fmt(r["postgres_util"] * 100, ".0f") if label != "sqlite" else "-",
+                        fmt(r["store_util"] * 100, ".0f") if label != "sqlite" else "-",
                     ]
                 )
         print_table(
@@ -1072,12 +1133,13 @@ def report(args: argparse.Namespace, results: Json) -> None:
                 "publishers",
                 "acks/s",
                 "vs ref",
+                "vs postgres",
                 "p50 ms",
                 "p99 ms",
                 "errors",
                 "srv us/ack",
                 "srv CPU%",
-                "postgres CPU%",
+                "store CPU%",
             ],
             rows,
         )
