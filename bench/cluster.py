@@ -136,10 +136,14 @@ def make_superuser(db_url: str) -> None:
 
 @contextlib.contextmanager
 def nodes(
-    count: int, db_url: str | None, workdir: Path, *, cpu: str | None = None
+    count: int, db_url: str | None, workdir: Path, *, cpu: str | None = None, workers: int = 1
 ) -> Iterator[list[Server]]:
-    """``count`` bosbase nodes on ``db_url`` (``None``: one node on its own SQLite file)."""
-    extra = ["--db", db_url] if db_url else []
+    """``count`` bosbase nodes on ``db_url`` (``None``: one node on its own SQLite file).
+
+    Each node is ``workers`` processes (``serve --workers``; 1 unless ``--node-workers``
+    says otherwise: ``auto`` would run one per CPU, each a node of its own).
+    """
+    extra = ["--db", db_url, "--workers", str(workers)] if db_url else []
     started: list[Server] = []
     try:
         for _ in range(count):
@@ -637,7 +641,9 @@ def measure_publish(server: Server, args: argparse.Namespace) -> Json:
 
 def run_publish(db_url: str | None, workdir: Path, args: argparse.Namespace) -> Json:
     """Acked publishes on one bosbase node, on ``db_url`` (``None``: SQLite)."""
-    with nodes(1, db_url, workdir, cpu=args.server_cpu or None) as [server]:
+    with nodes(1, db_url, workdir, cpu=args.server_cpu or None, workers=args.node_workers) as [
+        server
+    ]:
         return measure_publish(server, args)
 
 
@@ -709,6 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--phases", default="latency,path,xnode,commit,publish", help="comma list")
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument(
+        "--node-workers",
+        type=int,
+        default=1,
+        help="processes per node on PostgreSQL (serve --workers; default 1: a node is one process)",
+    )
     p.add_argument("--rate", default="1000", help="comma list of msg/s for the latency phase")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per latency run")
     p.add_argument("--subscribers", type=int, default=2, help="subscribers per node")
@@ -750,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--phases: {', '.join(PHASES)}")
     if not (
         1 <= args.nodes <= 8
+        and 1 <= args.node_workers <= 8
         and all(0 < r <= 50_000 for r in args.rate)
         and all(0 < r <= 200_000 for r in args.path_rates)
         and 0 < args.duration <= 600
@@ -810,7 +823,7 @@ async def latency_run(
         else:
             if db_url is not None:
                 await asyncio.to_thread(make_superuser, db_url)
-            servers = stack.enter_context(nodes(count, db_url, workdir))
+            servers = stack.enter_context(nodes(count, db_url, workdir, workers=args.node_workers))
             wire = ENVELOPES
         with collector_paused():
             return await run_latency(
@@ -847,7 +860,10 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
         print(f"[path] {args.nodes} nodes", file=sys.stderr)
         async with fresh_database(admin) as db_url:
             await asyncio.to_thread(make_superuser, db_url)
-            with nodes(args.nodes, db_url, workdir) as servers, collector_paused():
+            with (
+                nodes(args.nodes, db_url, workdir, workers=args.node_workers) as servers,
+                collector_paused(),
+            ):
                 results["path"] = await run_path(
                     servers,
                     db_url,
@@ -859,7 +875,10 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
         print(f"[xnode] {args.nodes} nodes", file=sys.stderr)
         async with fresh_database(admin) as db_url:
             await asyncio.to_thread(make_superuser, db_url)
-            with nodes(args.nodes, db_url, workdir) as servers, collector_paused():
+            with (
+                nodes(args.nodes, db_url, workdir, workers=args.node_workers) as servers,
+                collector_paused(),
+            ):
                 results["xnode"] = await run_xnode(servers, args)
         print(f"    {results['xnode']}", file=sys.stderr)
     if "commit" in phases:

@@ -146,7 +146,7 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _add_storage_options(parser)
     _option(parser, "--workers", default="auto", type=_workers,
             help="worker processes sharing the port, each a node of the cluster (needs"
-            " --db postgres://...); auto: one per CPU on PostgreSQL, 1 on SQLite",
+            " --db postgres://...); auto: one per usable CPU on PostgreSQL, 1 on SQLite",
             metavar="N")  # fmt: skip
     _option(parser, "--sqlite-synchronous", default="normal", type=_sqlite_synchronous,
             help="normal: acked messages survive a crash of the process; full: also a"
