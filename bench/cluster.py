@@ -34,6 +34,9 @@ publish   acked publishes/s with 1 and 64 concurrent publishers on one node (the
           ``vs ref`` is bosbase's acks/s over the reference's, both from this run
           (``--no-publish-reference`` skips it).
 
+Each node is one process (``serve --workers 1``; ``--node-workers N`` for more: ``auto``
+would start one per CPU, each a node of the cluster of its own, and the publish phase's
+node would have been that many processes taking turns on its one pinned core).
 The nodes are not pinned (three nodes and PostgreSQL share the machine's cores with the
 load generator); the C load generator of the publish phase is pinned like in
 ``bench.publish``. While this process times deliveries (latency, path, xnode), its own
