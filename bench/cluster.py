@@ -43,6 +43,9 @@ publish   acked publishes/s with 1 and 64 concurrent publishers on one node (the
           ``vs ref`` is bosbase's acks/s over the reference's, both from this run
           (``--no-publish-reference`` skips it).
 
+Each node is one process (``serve --workers 1``; ``--node-workers N`` for more: ``auto``
+would start one per CPU, each a node of the cluster of its own, and the publish phase's
+node would have been that many processes taking turns on its one pinned core).
 The nodes are not pinned (three nodes and PostgreSQL share the machine's cores with the
 load generator); the C load generator of the publish phase is pinned like in
 ``bench.publish``. While this process times deliveries (latency, path, xnode), its own
@@ -155,10 +158,14 @@ async def fresh_store(store: str, args: argparse.Namespace) -> AsyncIterator[str
 
 @contextlib.contextmanager
 def nodes(
-    count: int, db_url: str | None, workdir: Path, *, cpu: str | None = None
+    count: int, db_url: str | None, workdir: Path, *, cpu: str | None = None, workers: int = 1
 ) -> Iterator[list[Server]]:
-    """``count`` bosbase nodes on ``db_url`` (``None``: one node on its own SQLite file)."""
-    extra = ["--db", db_url] if db_url else []
+    """``count`` bosbase nodes on ``db_url`` (``None``: one node on its own SQLite file).
+
+    Each node is ``workers`` processes (``serve --workers``; 1 unless ``--node-workers``
+    says otherwise: ``auto`` would run one per CPU, each a node of its own).
+    """
+    extra = ["--db", db_url, "--workers", str(workers)] if db_url else []
     started: list[Server] = []
     try:
         for _ in range(count):
@@ -655,7 +662,9 @@ def measure_publish(server: Server, store: str, args: argparse.Namespace) -> Jso
 
 def run_publish(store: str, db_url: str | None, workdir: Path, args: argparse.Namespace) -> Json:
     """Acked publishes on one bosbase node of ``store`` at ``db_url`` (``None``: SQLite)."""
-    with nodes(1, db_url, workdir, cpu=args.server_cpu or None) as [server]:
+    with nodes(1, db_url, workdir, cpu=args.server_cpu or None, workers=args.node_workers) as [
+        server
+    ]:
         return measure_publish(server, store, args)
 
 
@@ -741,6 +750,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--phases", default="latency,path,xnode,commit,publish", help="comma list")
     p.add_argument("--nodes", type=int, default=3)
+    p.add_argument(
+        "--node-workers",
+        type=int,
+        default=1,
+        help="processes per node (serve --workers; default 1: a node is one process)",
+    )
     p.add_argument("--rate", default="1000", help="comma list of msg/s for the latency phase")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per latency run")
     p.add_argument("--subscribers", type=int, default=2, help="subscribers per node")
@@ -785,6 +800,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--phases: {', '.join(PHASES)}")
     if not (
         1 <= args.nodes <= 8
+        and 1 <= args.node_workers <= 8
         and all(0 < r <= 50_000 for r in args.rate)
         and all(0 < r <= 200_000 for r in args.path_rates)
         and 0 < args.duration <= 600
@@ -846,7 +862,7 @@ async def latency_run(
             ]
             wire: Wire = SOCKET_IO
         else:
-            servers = stack.enter_context(nodes(count, db_url, workdir))
+            servers = stack.enter_context(nodes(count, db_url, workdir, workers=args.node_workers))
             wire = ENVELOPES
         with collector_paused():
             return await run_latency(
@@ -885,7 +901,10 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
         print(f"[path] {args.nodes} nodes", file=sys.stderr)
         async with fresh_database(admin) as db_url:
             await asyncio.to_thread(make_superuser, db_url)
-            with nodes(args.nodes, db_url, workdir) as servers, collector_paused():
+            with (
+                nodes(args.nodes, db_url, workdir, workers=args.node_workers) as servers,
+                collector_paused(),
+            ):
                 results["path"] = await run_path(
                     servers,
                     db_url,
@@ -898,7 +917,10 @@ async def _run(args: argparse.Namespace, phases: set[str], workdir: Path, result
         for store in args.stores:
             print(f"[xnode] {store}, {args.nodes} nodes", file=sys.stderr)
             async with fresh_store(store, args) as db_url:
-                with nodes(args.nodes, db_url, workdir) as servers, collector_paused():
+                with (
+                    nodes(args.nodes, db_url, workdir, workers=args.node_workers) as servers,
+                    collector_paused(),
+                ):
                     results["xnode"][store] = await run_xnode(servers, args)
             print(f"    {results['xnode'][store]}", file=sys.stderr)
     if "commit" in phases:

@@ -157,8 +157,8 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
     _add_storage_options(parser)
     _option(parser, "--workers", default="auto", type=_workers,
             help="worker processes sharing the port, each a node of the cluster (needs"
-            " --db postgres://... or nats://...); auto: one per CPU on PostgreSQL or"
-            " NATS, 1 on SQLite",
+            " --db postgres://... or nats://...); auto: one per usable CPU on PostgreSQL"
+            " or NATS, 1 on SQLite",
             metavar="N")  # fmt: skip
     _option(parser, "--sqlite-synchronous", default="normal", type=_sqlite_synchronous,
             help="normal: acked messages survive a crash of the process; full: also a"

@@ -152,6 +152,19 @@ def parse_request(frame: str | bytes) -> Request:
 
     kind = kind.strip().lower()
     topic = topic.strip()
+    if kind == "publish":  # the most frequent, first
+        if not topic:
+            return RequestError(request_id, ERR_TOPIC_REQUIRED)
+        key = envelope.get("key")
+        key = "" if key is None else key
+        if not isinstance(key, str):
+            return RequestError(request_id, ERR_INVALID_FORMAT)
+        if len(key) > MAX_KEY_LENGTH:
+            return RequestError(request_id, ERR_KEY_TOO_LONG)
+        data = encode_payload(envelope.get("data"))
+        if isinstance(data, str):
+            return RequestError(request_id, data)
+        return Publish(request_id, topic, data, key)
     if kind == "ping":
         return Ping(request_id)
     if kind == "subscribe":
@@ -166,19 +179,6 @@ def parse_request(frame: str | bytes) -> Request:
         return Subscribe(request_id, topic, since.strip())
     if kind == "unsubscribe":
         return Unsubscribe(request_id, topic)
-    if kind == "publish":
-        if not topic:
-            return RequestError(request_id, ERR_TOPIC_REQUIRED)
-        key = envelope.get("key")
-        key = "" if key is None else key
-        if not isinstance(key, str):
-            return RequestError(request_id, ERR_INVALID_FORMAT)
-        if len(key) > MAX_KEY_LENGTH:
-            return RequestError(request_id, ERR_KEY_TOO_LONG)
-        data = encode_payload(envelope.get("data"))
-        if isinstance(data, str):
-            return RequestError(request_id, data)
-        return Publish(request_id, topic, data, key)
     if kind == "auth":
         token = envelope.get("token")
         token = "" if token is None else token
@@ -323,6 +323,17 @@ def published_frame(
     request_id: str, message_id: str, topic: str, created: str, position: str = ""
 ) -> bytes:
     """The ``published`` ack; ``position`` is ours (left out when empty)."""
+    if request_id and position:  # the usual ack: nothing to leave out (ids are never empty)
+        return orjson.dumps(
+            {
+                "type": "published",
+                "requestId": request_id,
+                "id": message_id,
+                "topic": topic,
+                "created": created,
+                "position": position,
+            }
+        )
     return _reply(
         {
             "type": "published",

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from bosbase_pubsub import AsyncBosBase, Reconnect
+from bosbase_pubsub.server.workers import default_workers, usable_cpus
 
 from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer, make_superuser
 from ..servers import ServerProcess, WsClient, cli, scrape_metrics, sign_in
@@ -154,10 +155,20 @@ async def test_the_workers_end_when_their_supervisor_is_killed(
 ) -> None:
     server = start_server("--workers", "auto", db_url=cluster_db)
     pids = list(worker_pids(server).values())
-    assert len(pids) == (os.cpu_count() or 1)  # auto on PostgreSQL: one per CPU
+    assert len(pids) == usable_cpus()  # auto on PostgreSQL: one per CPU it may use
     server.kill()  # SIGKILL: no chance to stop them
     await eventually(lambda: not any(running(pid) for pid in pids), 15)
     assert not any(running(pid) for pid in pids), "a worker outlived its supervisor"
+
+
+def test_auto_counts_the_cpus_the_server_may_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pinned to one core (taskset -c 0, a cpuset) on a bigger machine: one process.
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_workers("postgres://db") == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    assert default_workers("postgresql://db") == 3
+    assert default_workers(None) == 1  # SQLite: one process
 
 
 def test_workers_are_refused_on_sqlite(tmp_path: Path) -> None:

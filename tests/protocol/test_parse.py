@@ -159,6 +159,23 @@ def test_new_reply_fields_are_added_only_when_set() -> None:
     assert orjson.loads(protocol.published_frame("r", "i", "t", "c", "e:7"))["position"] == "e:7"
 
 
+@given(
+    request_id=st.text(max_size=6),
+    topic=st.text(min_size=1, max_size=6),
+    position=st.sampled_from(["", "e:7"]),
+)
+def test_the_published_ack_leaves_out_exactly_the_empty_fields(
+    request_id: str, topic: str, position: str
+) -> None:
+    frame = protocol.published_frame(request_id, "i", topic, "c", position)
+    fields = {"requestId": request_id, "id": "i", "topic": topic, "created": "c"}
+    fields["position"] = position
+    assert orjson.loads(frame) == {"type": "published"} | {
+        key: value for key, value in fields.items() if value
+    }
+    assert frame.startswith(b'{"type":"published"')  # type first, as every reply
+
+
 # --- Fuzzing: arbitrary frames never crash the parser ---------------------------------
 
 json_values = st.recursive(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -284,6 +285,26 @@ async def http_publish(request: web.Request) -> web.Response:
     )
 
 
+GC_THRESHOLD = (10_000, 10, 10)
+"""The cyclic collector's thresholds while serving (Python's defaults: 700, 10, 10)."""
+
+
+def quiet_collector() -> None:
+    """Make the cyclic garbage collector cheaper for a node that has started.
+
+    Everything made to start (modules, the app, the store's connections) lives
+    as long as the process: ``gc.freeze`` moves it out of the collector's
+    sight, so a full collection no longer walks it, a pause in every
+    connection's delivery. A publish allocates about ten container objects,
+    which reference counting frees; a young collection every 10,000
+    allocations instead of 700 finds the few cycles as well, at a fraction of
+    the passes.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 async def serve(config: ServerConfig, *, worker: WorkerRole | None = None) -> None:
     """Run one node until SIGTERM or SIGINT (or, as a worker, its supervisor's end),
     then shut down gracefully."""
@@ -305,6 +326,7 @@ async def serve(config: ServerConfig, *, worker: WorkerRole | None = None) -> No
         await site.start()
         for host, port, *_ in runner.addresses:
             app[NODE].address = app[NODE].address or f"{host}:{port}"  # for the console
+        quiet_collector()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

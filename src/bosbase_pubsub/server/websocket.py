@@ -39,7 +39,7 @@ from ..topics import ERR_PUBLISH_WILDCARD, check_pattern
 from .auth import Authenticator, Identity
 from .commits import CommitQueue
 from .config import Limits
-from .hub import PING_FRAME, Hub, Subscriber
+from .hub import PING_FRAME, Hub, Subscriber, encode_text_frame
 from .ids import new_id, now_created
 from .metrics import Metrics
 from .resume import catch_up
@@ -51,6 +51,8 @@ log = logging.getLogger("bosbase_pubsub.websocket")
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_PING_TIMEOUT = 1011
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
 PING_TIMEOUT_GRACE = 1.0
 """Seconds a dropped silent peer gets to take the close frame before its socket is aborted."""
 
@@ -264,17 +266,18 @@ class Connection:
                 await self.reading_paused
             msg = await ws.receive()
             self.heard = True
-            if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
+            kind = msg.type
+            if kind is _TEXT or kind is _BINARY:
                 token_check = self.handle_frame(msg.data)
                 if token_check is not None:
                     # Frames after an ``auth`` act with the identity it gives: read on after it.
                     await token_check
-            elif msg.type is WSMsgType.PING:
+            elif kind is WSMsgType.PING:
                 with contextlib.suppress(ConnectionError):  # closing meanwhile: nothing to answer
                     await ws.pong(msg.data)
-            elif msg.type is WSMsgType.PONG:
+            elif kind is WSMsgType.PONG:
                 pass  # heard: that is all a pong is for
-            elif msg.type is WSMsgType.ERROR:
+            elif kind is WSMsgType.ERROR:
                 if ws.close_code == 1009:
                     self.endpoint.metrics.oversized_frame_closes += 1
                     log.info("closed %s: frame over the size limit", self.subscriber.peer)
@@ -410,32 +413,37 @@ class Connection:
             log.error("replay of %r failed", topic, exc_info=task.exception())
 
     def publish(self, request: protocol.Publish) -> None:
+        # The hot path of an acked publish: every check is inline, and the ack
+        # (built once the commit is known) is written by the callback itself.
         endpoint = self.endpoint
-        limits = endpoint.limits
         request_id = request.request_id
+        topic = request.topic
         identity = self.identity
         if identity is None or identity.expires_at <= time.time():
             self.reply(protocol.error_frame(request_id, protocol.ERR_AUTH_REQUIRED))
             return
-        if len(request.topic) > limits.max_topic_length:
+        limits = endpoint.limits
+        if len(topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request_id, err_topic_too_long(limits)))
             return
-        if "*" in request.topic:
+        if "*" in topic:
             self.reply(protocol.error_frame(request_id, ERR_PUBLISH_WILDCARD))
             return
-        if not endpoint.rules.may_publish(identity, request.topic):
+        rules = endpoint.rules
+        if not rules.is_default and not rules.may_publish(identity, topic):
             self.reply(protocol.error_frame(request_id, protocol.ERR_FORBIDDEN))
             return
-        if self.bucket is not None and not self.bucket.take():
+        bucket = self.bucket
+        if bucket is not None and not bucket.take():
             self.reply(protocol.error_frame(request_id, err_rate_limited(limits)))
             return
         message = Message(
-            id=new_id(),
-            topic=request.topic,
-            data=request.data,
-            created=now_created(),
-            origin=endpoint.node_id,
-            created_by=identity.record_id,
+            new_id(),
+            topic,
+            request.data,
+            now_created(),
+            endpoint.node_id,
+            identity.record_id,
             key=request.key or None,
         )
         subscriber = self.subscriber
@@ -448,11 +456,11 @@ class Connection:
                     message.id,
                     message.topic,
                     message.created,
-                    hub.position_text(message.seq),
+                    f"{hub.epoch}:{message.seq}",  # hub.position_text(message.seq), inline
                 )
             else:
                 frame = protocol.error_frame(request_id, protocol.ERR_PUBLISH_FAILED)
-            subscriber.send(frame)
+            subscriber.write(encode_text_frame(frame))
             self.in_flight -= 1
             paused = self.reading_paused
             if paused is not None and not paused.done():

@@ -77,10 +77,23 @@ def check_workers(workers: int, db_url: str | None) -> None:
         )
 
 
-def default_workers(db_url: str | None) -> int:
-    """``auto``: one worker per CPU on PostgreSQL and NATS, one process on SQLite."""
-    if (db_url or "").startswith(_SHARED):
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: ``taskset``, a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers(db_url: str | None) -> int:
+    """``auto``: one worker per usable CPU on PostgreSQL and NATS, one process on SQLite.
+
+    Usable, not present: a server pinned to one core (``taskset -c 0``, a
+    cpuset) gets one process, not as many nodes as the machine has cores
+    taking turns on that one core (each also reading every other's rows).
+    """
+    if (db_url or "").startswith(_SHARED):
+        return usable_cpus()
     return 1
 
 
