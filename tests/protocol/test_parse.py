@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bosbase_pubsub import protocol
-from bosbase_pubsub.protocol import Ping, Publish, RequestError, Subscribe, Unsubscribe
+from bosbase_pubsub.protocol import Auth, Ping, Publish, RequestError, Subscribe, Unsubscribe
 
 
 def test_publish_compacts_data_and_trims_the_topic() -> None:
@@ -196,7 +196,7 @@ envelopes = st.dictionaries(
 
 
 def _check(request: protocol.Request) -> None:
-    assert isinstance(request, (Ping, Subscribe, Unsubscribe, Publish, RequestError))
+    assert isinstance(request, (Ping, Subscribe, Unsubscribe, Publish, Auth, RequestError))
     if isinstance(request, RequestError):
         assert request.message in protocol.CONTRACT_ERRORS | {protocol.ERR_KEY_TOO_LONG}
     if isinstance(request, Publish):
