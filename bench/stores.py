@@ -23,22 +23,11 @@ def _bench_stream(url: str) -> str:
 
 
 async def _drop(url: str) -> None:
-    import nats.js.errors
+    from bosbase_pubsub.server.storage.jetstream_common import delete_store, parse_url
 
-    import nats
-    from bosbase_pubsub.server.storage.jetstream_common import parse_url
-
-    settings = parse_url(url)
-    if not settings.stream.startswith("bench_"):
+    if not parse_url(url).stream.startswith("bench_"):
         raise ValueError(f"not a benchmark stream: {url}")
-    connection = await nats.connect(settings.server, connect_timeout=5, max_reconnect_attempts=0)
-    try:
-        manager = connection.jsm()
-        for name in (settings.stream, *(f"KV_{bucket}" for bucket in settings.buckets)):
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await manager.delete_stream(name)
-    finally:
-        await connection.close()
+    await delete_store(url)
 
 
 @contextlib.asynccontextmanager

@@ -11,8 +11,6 @@ folder) and stops only that process, by its PID.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import secrets
@@ -24,10 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats.js.errors
-
-import nats
-from bosbase_pubsub.server.storage.jetstream_common import parse_url
+from bosbase_pubsub.server.storage.jetstream_common import delete_store, parse_url
 
 from .postgres import blocking, free_port
 
@@ -64,19 +59,9 @@ def stream_url(base: str) -> str:
 
 
 async def _drop(url: str) -> None:
-    settings = parse_url(url)
     if unreachable_reason(url) is not None:
         return  # a server of a test's own, gone with its folder (and the stream in it)
-    connection = await asyncio.wait_for(
-        nats.connect(settings.server, connect_timeout=5, max_reconnect_attempts=0), 10
-    )
-    try:
-        manager = connection.jsm()
-        for name in (settings.stream, *(f"KV_{bucket}" for bucket in settings.buckets)):
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await manager.delete_stream(name)
-    finally:
-        await connection.close()
+    await delete_store(url)
 
 
 def drop_stream(url: str) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -598,12 +598,7 @@ def _run_account(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    try:
-        print(_run(run()))
-    except (AccountError, StoreError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return _print_result(run, (AccountError, StoreError))
 
 
 def _run_migrate(args: argparse.Namespace) -> int:
@@ -645,9 +640,16 @@ def _run_migrate(args: argparse.Namespace) -> int:
         ]
         return "\n".join(lines)
 
+    return _print_result(run, (StoreError, ValueError))
+
+
+def _print_result(
+    run: Callable[[], Coroutine[Any, Any, str]], errors: tuple[type[Exception], ...]
+) -> int:
+    """Print what ``run`` returns (exit status 0), or one of ``errors`` as one line (1)."""
     try:
         print(_run(run()))
-    except (StoreError, ValueError) as error:
+    except errors as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

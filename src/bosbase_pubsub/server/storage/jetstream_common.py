@@ -271,3 +271,22 @@ def translate_errors(action: str) -> Iterator[None]:
     except CLIENT_ERRORS as error:
         detail = str(error) or type(error).__name__
         raise StoreError(f"jetstream: {action}: {detail}") from error
+
+
+async def delete_store(url: str) -> None:
+    """Delete the stream of ``url`` and its KV buckets: every message, account and
+    secret of that store (for throw-away stores: tests and benchmarks)."""
+    import nats
+
+    settings = parse_url(url)
+    connection = await asyncio.wait_for(
+        nats.connect(settings.server, connect_timeout=CONNECT_TIMEOUT, max_reconnect_attempts=0),
+        2 * CONNECT_TIMEOUT,
+    )
+    try:
+        manager = connection.jsm()
+        for name in (settings.stream, *(f"KV_{bucket}" for bucket in settings.buckets)):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await manager.delete_stream(name)
+    finally:
+        await connection.close()
