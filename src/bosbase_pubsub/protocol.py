@@ -323,27 +323,17 @@ def published_frame(
     request_id: str, message_id: str, topic: str, created: str, position: str = ""
 ) -> bytes:
     """The ``published`` ack; ``position`` is ours (left out when empty)."""
+    reply = {
+        "type": "published",
+        "requestId": request_id,
+        "id": message_id,
+        "topic": topic,
+        "created": created,
+        "position": position,
+    }
     if request_id and position:  # the usual ack: nothing to leave out (ids are never empty)
-        return orjson.dumps(
-            {
-                "type": "published",
-                "requestId": request_id,
-                "id": message_id,
-                "topic": topic,
-                "created": created,
-                "position": position,
-            }
-        )
-    return _reply(
-        {
-            "type": "published",
-            "requestId": request_id,
-            "id": message_id,
-            "topic": topic,
-            "created": created,
-            "position": position,
-        }
-    )
+        return orjson.dumps(reply)
+    return _reply(reply)
 
 
 def message_frame(

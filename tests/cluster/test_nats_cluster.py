@@ -28,6 +28,7 @@ from .test_cluster import (
     TOPIC,
     Subscriber,
     assert_in_publisher_order,
+    kill_a_node_mid_stream_and_restart_it,
     node_id,
     publish_numbered,
     wait_for_health,
@@ -108,63 +109,12 @@ async def test_three_nodes_publishing_at_once_deliver_everything_once_in_order(
 async def test_a_node_killed_mid_stream_and_restarted(
     start_server: StartServer, cluster_stream: str
 ) -> None:
-    nodes = [start_server(db_url=cluster_stream) for _ in range(3)]
-    token = await superuser_token(nodes[1])
-    watchers = [await Subscriber.on(nodes[1]), await Subscriber.on(nodes[2])]
-    doomed = await WsClient.connect(nodes[0].ws_url, token=token)
-    survivor = await WsClient.connect(nodes[1].ws_url, token=token)
-    acked: list[str] = []
-    enough = asyncio.Event()
+    async def stored_ids(url: str) -> list[str]:
+        return [message.id for message in await stored(url)]
 
-    async def publish(client: WsClient, publisher: str, count: int) -> None:
-        for n in range(count):
-            try:
-                reply = await client.publish(TOPIC, {"p": publisher, "n": n})
-            except ConnectionError:
-                return  # its node was killed
-            assert reply["type"] == "published", reply
-            acked.append(reply["id"])
-            if len(acked) >= 100:
-                enough.set()
-            await asyncio.sleep(0.002)
-
-    try:
-        doomed_task = asyncio.create_task(publish(doomed, "killed", 10_000))
-        survivor_task = asyncio.create_task(publish(survivor, "survivor", 300))
-        await asyncio.wait_for(enough.wait(), 30)
-        nodes[0].kill()  # SIGKILL mid-stream
-        await asyncio.wait_for(doomed_task, 15)
-        await asyncio.wait_for(survivor_task, 60)
-
-        # The restarted node resumes from the newest message: no history replayed.
-        restarted = start_server(data_dir=nodes[0].data_dir, db_url=cluster_stream)
-        late = await Subscriber.on(restarted)
-        again = await WsClient.connect(restarted.ws_url, token=token)
-        after = await publish_numbered(survivor, "after", 20, window=5)
-        after += await publish_numbered(again, "restarted", 20, window=5)
-        await late.wait_for(40)
-        await asyncio.sleep(0.2)
-        late.drain()
-        assert late.ids() == after  # nothing from before it started, nothing twice
-        assert_in_publisher_order(late.received)
-
-        rows = await stored(cluster_stream)
-        stored_ids = [row.id for row in rows]
-        assert set(acked) | set(after) <= set(stored_ids)
-        for watcher in watchers:
-            await watcher.wait_for(len(rows))
-            await asyncio.sleep(0.2)
-            watcher.drain()
-            # Exactly the stored messages (also any the killed node stored but never acked).
-            assert watcher.ids() == stored_ids
-            assert_in_publisher_order(watcher.received)
-        await again.close()
-        await late.client.close()
-    finally:
-        await survivor.close()
-        await doomed.session.close()
-        for watcher in watchers:
-            await watcher.client.close()
+    await kill_a_node_mid_stream_and_restart_it(
+        start_server, cluster_stream, stored_ids, exact_order=True
+    )
 
 
 @pytest.fixture
