@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import itertools
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -92,8 +91,6 @@ class Sequencer:
         if not messages:
             self._flush()
             return
-        if any(a.seq > b.seq for a, b in itertools.pairwise(messages)):
-            messages = sorted(messages, key=lambda message: message.seq)
         first, last = messages[0].seq, messages[-1].seq
         self._reported = max(self._reported, last)
         unreported = self._unreported
