@@ -77,7 +77,13 @@ def process_tree(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """utime+stime of ``pid`` and its live descendants, from /proc/PID/stat."""
-    total = 0
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of ``pid`` and its live descendants: user and kernel seconds."""
+    user = system = 0
     for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
@@ -86,8 +92,9 @@ def cpu_seconds(pid: int) -> float:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         # fields[0] is field 3 (state); utime and stime are fields 14 and 15
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def rss_bytes(pid: int) -> int:
@@ -637,12 +644,15 @@ class Snapshot:
     loadgen_cpu: float
     server_core_busy: float | None = None
     """Busy seconds of the server's core (when pinned to one), from /proc/stat."""
+    server_kernel_cpu: float = 0.0
+    """The server's system time (stime): its share of ``server_cpu`` spent in the kernel."""
 
     @staticmethod
     def take(server: Server, lg: LoadGen) -> Snapshot:
         core = server.opts.cpu
         busy = core_busy_seconds(int(core)) if core and core.isdigit() else None
-        return Snapshot(time.monotonic(), server.cpu(), lg.cpu(), busy)
+        user, system = cpu_split(server.pid)
+        return Snapshot(time.monotonic(), user + system, lg.cpu(), busy, system)
 
 
 def core_busy_seconds(cpu: int) -> float | None:

@@ -63,6 +63,9 @@ def run_step(lg: LoadGen, server: Server, rate: float, duration: float, drain: f
     res["server_util"] = (s1.server_cpu - s0.server_cpu) / window if window > 0 else None
     res["loadgen_util"] = (s1.loadgen_cpu - s0.loadgen_cpu) / window if window > 0 else None
     res["server_us_per_delivery"] = res["server_cpu_s"] / delivered * 1e6 if delivered else None
+    res["server_kernel_us_per_delivery"] = (
+        (s2.server_kernel_cpu - s0.server_kernel_cpu) / delivered * 1e6 if delivered else None
+    )
     res["loadgen_us_per_delivery"] = (
         res["loadgen_cpu_proc_s"] / delivered * 1e6 if delivered else None
     )
@@ -94,6 +97,9 @@ def run_burst(lg: LoadGen, server: Server, args: argparse.Namespace) -> Json:
     res["server_util"] = (s1.server_cpu - s0.server_cpu) / window if window > 0 else None
     res["loadgen_util"] = (s1.loadgen_cpu - s0.loadgen_cpu) / window if window > 0 else None
     res["server_us_per_delivery"] = res["server_cpu_s"] / delivered * 1e6 if delivered else None
+    res["server_kernel_us_per_delivery"] = (
+        (s2.server_kernel_cpu - s0.server_kernel_cpu) / delivered * 1e6 if delivered else None
+    )
     res["loadgen_us_per_delivery"] = (
         res["loadgen_cpu_proc_s"] / delivered * 1e6 if delivered else None
     )
@@ -116,6 +122,7 @@ def run_burst(lg: LoadGen, server: Server, args: argparse.Namespace) -> Json:
 COSTS = (
     "publish_errors",
     "server_us_per_delivery",
+    "server_kernel_us_per_delivery",
     "loadgen_us_per_delivery",
     "server_util",
     "loadgen_util",
@@ -249,6 +256,7 @@ METRICS = (
     "p99_ms",
     "lost",
     "server_us_per_delivery",
+    "server_kernel_us_per_delivery",
     "loadgen_us_per_delivery",
     "server_util",
     "loadgen_util",
@@ -319,6 +327,7 @@ def report(results: dict[str, Json], args: argparse.Namespace) -> None:
                     fmt(m.get("lost")),
                     fmt(m.get("server_us_per_delivery"), ".2f"),
                     ratio(m.get("server_us_per_delivery"), base.get("server_us_per_delivery")),
+                    fmt(m.get("server_kernel_us_per_delivery"), ".2f"),
                     fmt((m.get("server_util") or 0) * 100, ".0f"),
                     fmt(m.get("loadgen_us_per_delivery"), ".2f"),
                     fmt(lg_over_srv, ".2f"),
@@ -378,6 +387,7 @@ def report(results: dict[str, Json], args: argparse.Namespace) -> None:
             "lost",
             "srv us/deliv",
             "vs ws",
+            "of it kernel",
             "srv CPU%",
             "loadgen us/deliv",
             "lg/srv",

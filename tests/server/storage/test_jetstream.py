@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from nats.aio.msg import Msg
+
 from bosbase_pubsub.server.storage import Message, StoreError, open_store
 from bosbase_pubsub.server.storage.jetstream import JetStreamStore
 from bosbase_pubsub.server.storage.jetstream_common import (
     DEFAULT_MAX_AGE,
+    delivery_sequences,
     encode_token,
     parse_url,
     prefix_filter,
@@ -87,6 +90,28 @@ def test_topics_become_subject_tokens_one_to_one() -> None:
     assert prefix_filter("p", "chat/") == ("p.chat.>", True)
     assert prefix_filter("p", "") == ("p.>", True)
     assert prefix_filter("p", "chat/ro") == ("p.chat.>", False)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.stream.consumer.1.4242.17.1733620000000000000.3",
+        "$JS.ACK._.ACCHASH.stream.consumer.1.4242.17.1733620000000000000.3",
+        "$JS.ACK.hub.ACCHASH.stream.consumer.2.4242.17.1733620000000000000.0.rnd",
+    ],
+)
+def test_delivery_sequences_read_what_nats_py_reads(reply: str) -> None:
+    metadata = Msg.Metadata._from_reply(reply)
+    assert delivery_sequences(reply) == (metadata.sequence.stream, metadata.sequence.consumer)
+    assert delivery_sequences(reply) == (4242, 17)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["", None, "_INBOX.abc", "$JS.ACK.too.short", "$JS.NAK.s.c.1.2.3.4.5", "$JS.ACK.s.c.1.x.3.4.5"],
+)
+def test_anything_else_is_not_a_delivery(reply: str | None) -> None:
+    assert delivery_sequences(reply) is None
 
 
 async def test_any_topic_reads_back_exactly_its_own_messages(node_a: JetStreamStore) -> None:

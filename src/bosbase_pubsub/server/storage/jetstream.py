@@ -100,7 +100,10 @@ class JetStreamStore(Store):
         self._buckets: dict[str, KeyValue] = {}
         self._ack_prefix: str | None = None
         self._next_ack = 0
-        self._awaiting_acks: dict[int, asyncio.Future[Msg]] = {}
+        self._awaiting_acks: dict[int, tuple[_AckWait, int]] = {}
+        """Publishes waiting for JetStream's ack, by number: their batch and place in it."""
+        self._subject_of: dict[str, str] = {}
+        """``topic_subject`` of the topics published lately (a cache, cleared when large)."""
         self.connection_epoch = 0
         """Raised on every disconnect: a feed made in an earlier epoch lost its consumer."""
         self._closed = False
@@ -253,10 +256,9 @@ class JetStreamStore(Store):
     # ------------------------------------------------------------------ messages
 
     async def append(self, messages: Sequence[Message]) -> list[Message]:
-        subjects = self.settings.subjects
         outgoing = [
             (
-                topic_subject(subjects, message.topic) if isinstance(message.topic, str) else "",
+                self._subject(message.topic) if isinstance(message.topic, str) else "",
                 encode_message(message),
                 _id_header(message),
             )
@@ -268,57 +270,68 @@ class JetStreamStore(Store):
             acks = await asyncio.wait_for(self._publish_all(outgoing), REQUEST_TIMEOUT)
         stored: list[Message] = []
         by_seq: dict[int, Message] = {}
-        for message, ack in zip(messages, acks, strict=True):
-            if not ack.duplicate:
-                message.seq = ack.seq
-                by_seq[ack.seq] = message
+        for message, (seq, duplicate) in zip(messages, acks, strict=True):
+            if not duplicate:
+                message.seq = seq
+                by_seq[seq] = message
                 stored.append(message)
-            elif ack.seq in by_seq:  # its key came earlier in this batch
-                stored.append(by_seq[ack.seq])
+            elif seq in by_seq:  # its key came earlier in this batch
+                stored.append(by_seq[seq])
             else:
-                first = await self._first_copy(message, ack.seq)
+                first = await self._first_copy(message, seq)
                 by_seq[first.seq] = first
                 stored.append(first)
         return stored
 
+    def _subject(self, topic: str) -> str:
+        subject = self._subject_of.get(topic)
+        if subject is None:
+            if len(self._subject_of) >= _SUBJECT_CACHE_SIZE:
+                self._subject_of.clear()
+            subject = self._subject_of[topic] = topic_subject(self.settings.subjects, topic)
+        return subject
+
     async def _publish_all(
         self, outgoing: Sequence[tuple[str, bytes, dict[str, str] | None]]
-    ) -> list[api.PubAck]:
+    ) -> list[tuple[int, bool]]:
         """Publish in order without waiting in between, then wait for every ack.
 
-        Each publish names its own reply subject under this store's ack inbox, so
-        the acks come back to ``_acked`` whatever their order; everything this
-        batch registered is removed again, whether it succeeded or not.
+        Returns each message's stream sequence and whether JetStream found it a
+        duplicate. Each publish names its own reply subject under this store's
+        ack inbox, so the acks come back to ``_acked`` whatever their order;
+        everything this batch registered is removed again, whether it succeeded
+        or not. One future per batch, not per message: this runs for every
+        message a node publishes.
         """
+        if not outgoing:
+            return []
         nc = self.connection()
         if self._ack_prefix is None:
             self._ack_prefix = nc.new_inbox()
             with translate_errors("append"):
                 await nc.subscribe(self._ack_prefix + ".*", cb=self._acked)
-        loop = asyncio.get_running_loop()
+        prefix = self._ack_prefix + "."
+        wait = _AckWait(len(outgoing), asyncio.get_running_loop().create_future())
         first = self._next_ack
         self._next_ack += len(outgoing)
-        futures: list[asyncio.Future[Msg]] = []
+        awaiting = self._awaiting_acks
         try:
             for n, (subject, payload, headers) in enumerate(outgoing, first):
-                future: asyncio.Future[Msg] = loop.create_future()
-                self._awaiting_acks[n] = future
-                futures.append(future)
-                await nc.publish(subject, payload, reply=f"{self._ack_prefix}.{n}", headers=headers)
-            replies = await asyncio.gather(*futures)
+                awaiting[n] = (wait, n - first)
+                await nc.publish(subject, payload, reply=prefix + str(n), headers=headers)
+            await wait.done
         finally:
             for n in range(first, first + len(outgoing)):
-                pending = self._awaiting_acks.pop(n, None)
-                if pending is not None:
-                    pending.cancel()
-        acks: list[api.PubAck] = []
-        for reply in replies:
+                awaiting.pop(n, None)
+        acks: list[tuple[int, bool]] = []
+        for reply in wait.replies:
+            assert reply is not None  # ``done`` is set once every reply came
             if reply.headers and reply.headers.get(api.Header.STATUS) == "503":
                 raise StoreError("jetstream: append: no stream answers (503)")
             answer = orjson.loads(reply.data)
             if "error" in answer:
                 raise nats.js.errors.APIError.from_error(answer["error"])
-            acks.append(api.PubAck.from_response(answer))
+            acks.append((answer["seq"], bool(answer.get("duplicate"))))
         return acks
 
     async def _acked(self, msg: Msg) -> None:
@@ -326,9 +339,9 @@ class JetStreamStore(Store):
             n = int(msg.subject.rsplit(".", 1)[1])
         except ValueError:
             return
-        future = self._awaiting_acks.pop(n, None)
-        if future is not None and not future.done():
-            future.set_result(msg)
+        waiting = self._awaiting_acks.pop(n, None)
+        if waiting is not None:
+            waiting[0].arrived(waiting[1], msg)
 
     async def _first_copy(self, message: Message, seq: int) -> Message:
         """The message stored first with ``message``'s key, at ``seq`` (duplicate detection).
@@ -693,3 +706,25 @@ class JetStreamAccounts(AccountStore):
         if value is None:
             raise StoreError("jetstream: secret: vanished right after it was stored")
         return value.decode()
+
+
+_SUBJECT_CACHE_SIZE = 10_000
+
+
+class _AckWait:
+    """One batch's publishes waiting for their acks from JetStream."""
+
+    __slots__ = ("done", "missing", "replies")
+
+    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.replies: list[Msg | None] = [None] * size
+        self.missing = size
+        self.done = done
+        """Resolved once every reply came (never, if one does not: the caller times out)."""
+
+    def arrived(self, index: int, reply: Msg) -> None:
+        if self.replies[index] is None:
+            self.replies[index] = reply
+            self.missing -= 1
+            if not self.missing and not self.done.done():
+                self.done.set_result(None)

@@ -182,6 +182,30 @@ def topic_subject(subjects: str, topic: str) -> str:
     return subjects + "." + ".".join(encode_token(segment) for segment in topic.split("/"))
 
 
+def delivery_sequences(reply: str | None) -> tuple[int, int] | None:
+    """(stream sequence, consumer sequence) of a JetStream delivery, from its reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
+    or the newer form with a domain and an account hash after ``$JS.ACK`` (11 tokens
+    or more); ``None`` for anything else. nats-py's ``Msg.metadata`` reads the same
+    subject but builds three objects and a datetime for each message, a sixth of a
+    feed's time per message.
+    """
+    if not reply:
+        return None
+    tokens = reply.split(".")
+    if tokens[0] != "$JS" or len(tokens) < 9 or tokens[1] != "ACK":
+        return None
+    try:
+        if len(tokens) == 9:
+            return int(tokens[5]), int(tokens[6])
+        if len(tokens) >= 11:
+            return int(tokens[7]), int(tokens[8])
+    except ValueError:
+        return None
+    return None
+
+
 def prefix_filter(subjects: str, prefix: str) -> tuple[str, bool]:
     """The subject filter for the topics starting with ``prefix``, and whether it is exact.
 

@@ -37,7 +37,12 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from .base import Feed, Message, StoreError
-from .jetstream_common import REQUEST_TIMEOUT, decode_message, translate_errors
+from .jetstream_common import (
+    REQUEST_TIMEOUT,
+    decode_message,
+    delivery_sequences,
+    translate_errors,
+)
 
 if TYPE_CHECKING:
     from .jetstream import JetStreamStore
@@ -204,11 +209,10 @@ class JetStreamFeed(Feed):
         if status is not None:
             await self._control(msg, status)
             return
-        try:
-            metadata = msg.metadata
-            consumer_seq, seq = metadata.sequence.consumer, metadata.sequence.stream
-        except Exception:  # not a JetStream delivery: ignore it
+        sequences = delivery_sequences(msg.reply)
+        if sequences is None:  # not a JetStream delivery: ignore it
             return
+        seq, consumer_seq = sequences
         if consumer_seq != self._expected:
             self._break(
                 f"missed deliveries (consumer sequence {consumer_seq}, not {self._expected})"
