@@ -48,6 +48,24 @@ from .common import (
 )
 
 
+def add_costs(res: Json, s0: Snapshot, s1: Snapshot, s2: Snapshot) -> None:
+    """CPU figures of a step into its report: s0 at the start, s1 at the window's end,
+    s2 after the drain (CPU per delivery counts the drain, utilisation only the window)."""
+    delivered = res["delivered"]
+    window = s1.wall - s0.wall
+    res["server_cpu_s"] = s2.server_cpu - s0.server_cpu
+    res["loadgen_cpu_proc_s"] = s2.loadgen_cpu - s0.loadgen_cpu
+    res["server_util"] = (s1.server_cpu - s0.server_cpu) / window if window > 0 else None
+    res["loadgen_util"] = (s1.loadgen_cpu - s0.loadgen_cpu) / window if window > 0 else None
+
+    def per_delivery(seconds: float) -> float | None:
+        return seconds / delivered * 1e6 if delivered else None
+
+    res["server_us_per_delivery"] = per_delivery(res["server_cpu_s"])
+    res["server_kernel_us_per_delivery"] = per_delivery(s2.server_kernel_cpu - s0.server_kernel_cpu)
+    res["loadgen_us_per_delivery"] = per_delivery(res["loadgen_cpu_proc_s"])
+
+
 def run_step(lg: LoadGen, server: Server, rate: float, duration: float, drain: float) -> Json:
     """One measured fan-out step; returns the load generator's report plus /proc figures."""
     s0 = Snapshot.take(server, lg)
@@ -56,19 +74,7 @@ def run_step(lg: LoadGen, server: Server, rate: float, duration: float, drain: f
     s1 = Snapshot.take(server, lg)
     res = lg.expect("fanout", drain + 60)
     s2 = Snapshot.take(server, lg)
-    delivered = res["delivered"]
-    window = s1.wall - s0.wall
-    res["server_cpu_s"] = s2.server_cpu - s0.server_cpu
-    res["loadgen_cpu_proc_s"] = s2.loadgen_cpu - s0.loadgen_cpu
-    res["server_util"] = (s1.server_cpu - s0.server_cpu) / window if window > 0 else None
-    res["loadgen_util"] = (s1.loadgen_cpu - s0.loadgen_cpu) / window if window > 0 else None
-    res["server_us_per_delivery"] = res["server_cpu_s"] / delivered * 1e6 if delivered else None
-    res["server_kernel_us_per_delivery"] = (
-        (s2.server_kernel_cpu - s0.server_kernel_cpu) / delivered * 1e6 if delivered else None
-    )
-    res["loadgen_us_per_delivery"] = (
-        res["loadgen_cpu_proc_s"] / delivered * 1e6 if delivered else None
-    )
+    add_costs(res, s0, s1, s2)
     res["lost_pct"] = 100.0 * res["lost"] / res["expected"] if res["expected"] else 0.0
     res["server_core_other_util"] = other_load(s0, s1)
     if (res["server_core_other_util"] or 0) > 0.1:
@@ -89,20 +95,8 @@ def run_burst(lg: LoadGen, server: Server, args: argparse.Namespace) -> Json:
     s1 = Snapshot.take(server, lg)
     res = lg.expect("burst", args.drain + 60)
     s2 = Snapshot.take(server, lg)
-    window = s1.wall - s0.wall
-    delivered = res["delivered"]
     res["bound_reached"] = res["published"] >= max_messages
-    res["server_cpu_s"] = s2.server_cpu - s0.server_cpu
-    res["loadgen_cpu_proc_s"] = s2.loadgen_cpu - s0.loadgen_cpu
-    res["server_util"] = (s1.server_cpu - s0.server_cpu) / window if window > 0 else None
-    res["loadgen_util"] = (s1.loadgen_cpu - s0.loadgen_cpu) / window if window > 0 else None
-    res["server_us_per_delivery"] = res["server_cpu_s"] / delivered * 1e6 if delivered else None
-    res["server_kernel_us_per_delivery"] = (
-        (s2.server_kernel_cpu - s0.server_kernel_cpu) / delivered * 1e6 if delivered else None
-    )
-    res["loadgen_us_per_delivery"] = (
-        res["loadgen_cpu_proc_s"] / delivered * 1e6 if delivered else None
-    )
+    add_costs(res, s0, s1, s2)
     res["server_core_other_util"] = other_load(s0, s1)
     if (res["server_core_other_util"] or 0) > 0.1:
         print(
