@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
 from nats.aio.msg import Msg
 
 from bosbase_pubsub.server.storage import Message, StoreError, open_store
