@@ -63,6 +63,11 @@ class ChaosProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open through the proxy now (what a cut would end)."""
+        return len(self._pairs)
+
     def retarget(self, target: int) -> None:
         """Forward the connections accepted from now on to ``target``."""
         self.target = target

@@ -299,16 +299,16 @@ async def test_a_large_backlog_replays_in_bounded_memory_without_stalling_others
         await live.subscribe("live")
         baseline = rss_bytes(server.pid)
         peak = baseline
-        latencies: list[float] = []
+        received = 0
+        replayed_at_each_round_trip: list[int] = []
+        """How much of the backlog had arrived when each live round trip completed."""
         done = asyncio.Event()
 
         async def live_traffic() -> None:
-            loop = asyncio.get_running_loop()
             while not done.is_set():
-                sent = loop.time()
-                await publisher.publish("live", sent)
+                await publisher.publish("live", received)
                 await live.next_message()
-                latencies.append(loop.time() - sent)
+                replayed_at_each_round_trip.append(received)
                 await asyncio.sleep(0.02)
 
         async def watch_memory() -> None:
@@ -320,7 +320,6 @@ async def test_a_large_backlog_replays_in_bounded_memory_without_stalling_others
         tasks = [asyncio.create_task(live_traffic()), asyncio.create_task(watch_memory())]
         ack = await resuming.request("subscribe", topic="big", since=start["position"])
         assert ack["replay"] == "complete"
-        received = 0
         last = seq(start["position"])
         while received < BACKLOG:
             message = await resuming.next_message(30)
@@ -334,8 +333,10 @@ async def test_a_large_backlog_replays_in_bounded_memory_without_stalling_others
         await nothing_more(resuming)
         # The server never held the backlog: a page and the outbound buffer at most.
         assert peak - baseline < 60 * 1024 * 1024, (baseline, peak)
-        assert len(latencies) > 10
-        assert max(latencies) < 0.5, sorted(latencies)[-5:]
+        # Live traffic went on while the backlog streamed out, instead of waiting
+        # behind it: round trips completed all along the replay, not only after it.
+        midway = [n for n in replayed_at_each_round_trip if BACKLOG // 10 < n < BACKLOG * 9 // 10]
+        assert len(midway) >= 5, replayed_at_each_round_trip
     finally:
         for ws in (publisher, live, resuming):
             await ws.close()
