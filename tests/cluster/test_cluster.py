@@ -308,7 +308,37 @@ async def test_postgresql_restarting_mid_stream(
 ) -> None:
     db_url = PgServer(own_postgres.admin_url).create_database()
     make_superuser(tmp_path / "accounts", db_url)
-    nodes = [start_server(db_url=db_url) for _ in range(2)]
+
+    async def stored_ids_and_origins(url: str) -> list[tuple[str, str]]:
+        return [(row["id"], row["origin"]) for row in await stored(url)]
+
+    await restart_the_store_mid_stream(
+        start_server,
+        db_url,
+        stored_ids_and_origins,
+        stop_store=lambda: own_postgres.stop("fast"),
+        start_store=own_postgres.start,
+        down_within=10,
+        up_within=20,
+    )
+
+
+async def restart_the_store_mid_stream(
+    start_server: StartServer,
+    store_url: str,
+    stored_of: Callable[[str], Awaitable[list[tuple[str, str]]]],
+    *,
+    stop_store: Callable[[], object],
+    start_store: Callable[[], object],
+    down_within: float,
+    up_within: float,
+) -> None:
+    """Two nodes on ``store_url`` (its superuser made already), a publisher on each;
+    the store stops mid-stream and starts again. Publishes are refused while it is
+    down and go on after; nothing acked is lost, and each node's subscriber gets every
+    message the store holds from the other node and every acked one of its own, once,
+    each publisher in order. ``stored_of`` gives the stored messages' ids and origins."""
+    nodes = [start_server(db_url=store_url) for _ in range(2)]
     ids = [node_id(node) for node in nodes]
     token = (await sign_in(nodes[0].url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))[
         "token"
@@ -336,13 +366,13 @@ async def test_postgresql_restarting_mid_stream(
     tasks = [asyncio.create_task(publish(client, f"p{i}")) for i, client in enumerate(publishers)]
     try:
         await asyncio.wait_for(progress.wait(), 30)
-        await asyncio.to_thread(own_postgres.stop, "fast")
-        await wait_for_health(nodes, 503, 10)
+        await asyncio.to_thread(stop_store)
+        await wait_for_health(nodes, 503, down_within)
         refused_before = len(refused)
         await asyncio.sleep(0.3)
         assert len(refused) > refused_before, "publishes go on being refused while it is down"
-        await asyncio.to_thread(own_postgres.start)
-        await wait_for_health(nodes, 200, 20)
+        await asyncio.to_thread(start_store)
+        await wait_for_health(nodes, 200, up_within)
         acked_before = len(acked)
         progress.clear()
         while len(acked) < acked_before + 100:
@@ -352,20 +382,25 @@ async def test_postgresql_restarting_mid_stream(
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
         assert set(refused) == {"failed to publish message"}
-        rows = await stored(db_url)
+        rows = await stored_of(store_url)
+        stored_ids = {message_id for message_id, _ in rows}
         acked_set = set(acked)
-        assert acked_set <= {row["id"] for row in rows}
+        assert acked_set <= stored_ids, "an acknowledged message was lost"
         for subscriber, own in zip(subscribers, ids, strict=True):
-            # Every stored row from the other node, and every acked one from its own. (A
-            # publish refused as the server went down may still have been stored: only the
-            # other nodes see it.)
-            must = [row["id"] for row in rows if row["origin"] != own or row["id"] in acked_set]
+            # Every stored message from the other node, and every acked one from its own.
+            # (A publish refused as the store went down may still have been stored: only
+            # the other node delivers it.)
+            must = [
+                message_id
+                for message_id, origin in rows
+                if origin != own or message_id in acked_set
+            ]
             await subscriber.wait_for(len(must))
             await asyncio.sleep(0.2)
             subscriber.drain()
             received = subscriber.ids()
             assert len(received) == len(set(received)), "a duplicate was delivered"
-            assert set(must) <= set(received) <= {row["id"] for row in rows}
+            assert set(must) <= set(received) <= stored_ids
             assert_in_publisher_order(subscriber.received)
     finally:
         stop.set()

@@ -29,9 +29,8 @@ from .test_cluster import (
     Subscriber,
     assert_in_publisher_order,
     kill_a_node_mid_stream_and_restart_it,
-    node_id,
     publish_numbered,
-    wait_for_health,
+    restart_the_store_mid_stream,
 )
 
 
@@ -135,73 +134,20 @@ async def test_nats_restarting_mid_stream(
 ) -> None:
     url = stream_url(own_nats.url)
     make_superuser(tmp_path / "accounts", url)
-    nodes = [start_server(db_url=url) for _ in range(2)]
-    ids = [node_id(node) for node in nodes]
-    token = await superuser_token(nodes[0])
-    subscribers = [await Subscriber.on(node) for node in nodes]
-    publishers = [await WsClient.connect(node.ws_url, token=token) for node in nodes]
-    acked: list[str] = []
-    refused: list[str] = []
-    stop = asyncio.Event()
-    progress = asyncio.Event()
 
-    async def publish(client: WsClient, publisher: str) -> None:
-        n = 0
-        while not stop.is_set() and n < 5000:
-            reply = await client.publish(TOPIC, {"p": publisher, "n": n})
-            n += 1
-            if reply["type"] == "published":
-                acked.append(reply["id"])
-                if len(acked) % 50 == 0:
-                    progress.set()
-            else:
-                refused.append(reply["message"])
-            await asyncio.sleep(0.005)
+    async def stored_ids_and_origins(url: str) -> list[tuple[str, str]]:
+        return [(message.id, message.origin) for message in await stored(url)]
 
-    tasks = [asyncio.create_task(publish(client, f"p{i}")) for i, client in enumerate(publishers)]
-    try:
-        await asyncio.wait_for(progress.wait(), 30)
+    await restart_the_store_mid_stream(
+        start_server,
+        url,
+        stored_ids_and_origins,
         # A clean restart (SIGTERM): what NATS acked is on its disk.
-        await asyncio.to_thread(own_nats.stop, signal.SIGTERM)
-        await wait_for_health(nodes, 503, 15)
-        refused_before = len(refused)
-        await asyncio.sleep(0.3)
-        assert len(refused) > refused_before, "publishes go on being refused while it is down"
-        await asyncio.to_thread(own_nats.start)
-        await wait_for_health(nodes, 200, 30)
-        acked_before = len(acked)
-        progress.clear()
-        while len(acked) < acked_before + 100:
-            await asyncio.wait_for(progress.wait(), 30)
-            progress.clear()
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 30)
-
-        assert set(refused) == {"failed to publish message"}
-        rows = await stored(url)
-        acked_set = set(acked)
-        assert acked_set <= {row.id for row in rows}, "an acknowledged message was lost"
-        for subscriber, own in zip(subscribers, ids, strict=True):
-            # Every stored message from the other node, and every acked one from its own (a
-            # publish refused as NATS went down may still have been stored: only the other
-            # node delivers it).
-            must = [row.id for row in rows if row.origin != own or row.id in acked_set]
-            await subscriber.wait_for(len(must))
-            await asyncio.sleep(0.2)
-            subscriber.drain()
-            received = subscriber.ids()
-            assert len(received) == len(set(received)), "a duplicate was delivered"
-            assert set(must) <= set(received) <= {row.id for row in rows}
-            assert_in_publisher_order(subscriber.received)
-    finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for client in [*publishers, *(s.client for s in subscribers)]:
-            await client.close()
-        for node in nodes:
-            node.stop()
+        stop_store=lambda: own_nats.stop(signal.SIGTERM),
+        start_store=own_nats.start,
+        down_within=15,
+        up_within=30,
+    )
 
 
 async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
