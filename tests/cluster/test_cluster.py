@@ -159,6 +159,24 @@ async def test_every_node_delivers_every_message_once_in_publisher_order(
 ) -> None:
     nodes = [start_server(db_url=cluster_db) for _ in range(3)]
     await delay_commits(cluster_db, 0.01)
+
+    async def stored_ids(url: str) -> list[str]:
+        return [row["id"] for row in await stored(url)]
+
+    for received in await publish_on_every_node_at_once(nodes, cluster_db, stored_ids):
+        seqs = [int(m["position"].rsplit(":", 1)[1]) for m in received]
+        assert seqs == sorted(set(seqs))
+
+
+async def publish_on_every_node_at_once(
+    nodes: Sequence[ServerProcess],
+    store_url: str,
+    stored_ids_of: Callable[[str], Awaitable[list[str]]],
+) -> list[list[dict[str, Any]]]:
+    """Two publishers and two subscribers on each node, every publisher at once: every
+    subscriber gets every acked message once, in the store's order (``stored_ids_of``),
+    each publisher's in the order of its acks. Returns what each subscriber received,
+    for the store's own checks of the positions."""
     # A token from one node is valid on every node.
     token = (await sign_in(nodes[0].url, "_superusers", SUPERUSER_EMAIL, SUPERUSER_PASSWORD))[
         "token"
@@ -169,7 +187,6 @@ async def test_every_node_delivers_every_message_once_in_publisher_order(
     ]
     per_publisher = 100
     try:
-        # Every publisher on every node at once.
         acked = await asyncio.gather(
             *(
                 publish_numbered(client, f"p{i}", per_publisher)
@@ -180,23 +197,20 @@ async def test_every_node_delivers_every_message_once_in_publisher_order(
         for subscriber in subscribers:
             await subscriber.wait_for(total)
         await asyncio.sleep(0.3)  # time for a duplicate to show up, if any would
-        rows = await stored(cluster_db)
-        assert len(rows) == total
-        expected = {row["id"] for row in rows}
-        assert expected == {message_id for ids in acked for message_id in ids}
+        ids_in_store_order = await stored_ids_of(store_url)
+        assert len(ids_in_store_order) == total
+        assert set(ids_in_store_order) == {message_id for ids in acked for message_id in ids}
         for subscriber in subscribers:
             subscriber.drain()
             assert len(subscriber.received) == total, "a duplicate was delivered"
-            assert set(subscriber.ids()) == expected
-            # Every node delivers in position (seq) order, whichever node stored what.
-            assert subscriber.ids() == [row["id"] for row in rows]
-            seqs = [int(m["position"].rsplit(":", 1)[1]) for m in subscriber.received]
-            assert seqs == sorted(set(seqs))
+            # Every node delivers in the store's order, whichever node stored what.
+            assert subscriber.ids() == ids_in_store_order
             assert_in_publisher_order(subscriber.received)
             # Same order as the acks, per publisher.
             for i, ids in enumerate(acked):
                 mine = [m["id"] for m in subscriber.received if m["data"]["p"] == f"p{i}"]
                 assert mine == ids
+        return [subscriber.received for subscriber in subscribers]
     finally:
         for client in [*publishers, *(s.client for s in subscribers)]:
             await client.close()
@@ -425,6 +439,15 @@ async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
     start_server: StartServer, cluster_db: str
 ) -> None:
     a, b, publisher = await two_nodes_and_a_publisher_on_the_first(start_server, cluster_db)
+    await resume_on_the_second_node(a, b, publisher)
+
+
+async def resume_on_the_second_node(
+    a: ServerProcess, b: ServerProcess, publisher: WsClient
+) -> None:
+    """A subscriber on ``a`` leaves after 20 of ``publisher``'s messages and resumes on
+    ``b`` from its last position while ``a`` goes on publishing: it gets exactly the
+    messages it missed and the later ones, once, in order. Closes ``publisher``."""
     on_a = await Subscriber.on(a)
     try:
         seen = await publish_numbered(publisher, "p", 20)

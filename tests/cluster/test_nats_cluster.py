@@ -10,7 +10,6 @@ saying why, when no NATS server with JetStream answers (see ``tests/nats.py``).
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +25,10 @@ from ..nats import NatsProcess, find_nats_server, stream_url
 from ..servers import ServerProcess, WsClient, cli, sign_in
 from .test_cluster import (
     TOPIC,
-    Subscriber,
-    assert_in_publisher_order,
     kill_a_node_mid_stream_and_restart_it,
-    publish_numbered,
+    publish_on_every_node_at_once,
     restart_the_store_mid_stream,
+    resume_on_the_second_node,
 )
 
 
@@ -67,42 +65,15 @@ async def superuser_token(node: ServerProcess) -> str:
 async def test_three_nodes_publishing_at_once_deliver_everything_once_in_order(
     start_server: StartServer, cluster_stream: str
 ) -> None:
-    nodes = [start_server(db_url=cluster_stream) for _ in range(3)]
-    token = await superuser_token(nodes[0])  # valid on every node: one secret, in KV
-    subscribers = [await Subscriber.on(node) for node in nodes for _ in range(2)]
-    publishers = [
-        await WsClient.connect(node.ws_url, token=token) for node in nodes for _ in range(2)
-    ]
-    per_publisher = 100
-    try:
-        acked = await asyncio.gather(
-            *(
-                publish_numbered(client, f"p{i}", per_publisher)
-                for i, client in enumerate(publishers)
-            )
-        )
-        total = per_publisher * len(publishers)
-        for subscriber in subscribers:
-            await subscriber.wait_for(total)
-        await asyncio.sleep(0.3)  # time for a duplicate to show up, if any would
-        rows = await stored(cluster_stream)
-        assert len(rows) == total
-        expected = {row.id for row in rows}
-        assert expected == {message_id for ids in acked for message_id in ids}
-        for subscriber in subscribers:
-            subscriber.drain()
-            assert len(subscriber.received) == total, "a duplicate was delivered"
-            # Every node delivers in stream order, whichever node stored what.
-            assert subscriber.ids() == [row.id for row in rows]
-            seqs = [int(m["position"].rsplit(":", 1)[1]) for m in subscriber.received]
-            assert seqs == [row.seq for row in rows]
-            assert_in_publisher_order(subscriber.received)
-            for i, ids in enumerate(acked):
-                mine = [m["id"] for m in subscriber.received if m["data"]["p"] == f"p{i}"]
-                assert mine == ids
-    finally:
-        for client in [*publishers, *(s.client for s in subscribers)]:
-            await client.close()
+    nodes = [start_server(db_url=cluster_stream) for _ in range(3)]  # one secret, in KV
+
+    async def stored_ids(url: str) -> list[str]:
+        return [message.id for message in await stored(url)]
+
+    received_by_each = await publish_on_every_node_at_once(nodes, cluster_stream, stored_ids)
+    stream_seqs = [message.seq for message in await stored(cluster_stream)]
+    for received in received_by_each:
+        assert [int(m["position"].rsplit(":", 1)[1]) for m in received] == stream_seqs
 
 
 async def test_a_node_killed_mid_stream_and_restarted(
@@ -155,27 +126,7 @@ async def test_a_client_resumes_on_another_node_from_a_position_of_the_first(
 ) -> None:
     a, b = start_server(db_url=cluster_stream), start_server(db_url=cluster_stream)
     publisher = await WsClient.connect(a.ws_url, token=await superuser_token(a))
-    on_a = await Subscriber.on(a)
-    try:
-        seen = await publish_numbered(publisher, "p", 20)
-        await on_a.wait_for(20)
-        last = on_a.received[-1]["position"]
-        await on_a.client.close()
-        missed = await publish_numbered(publisher, "p", 30)
-        racing = asyncio.create_task(publish_numbered(publisher, "p", 50))
-        on_b = Subscriber(b, await WsClient.connect(b.ws_url))
-        ack = await on_b.client.request("subscribe", topic=TOPIC, since=last)
-        assert ack["replay"] == "complete"
-        assert ack["position"] == last
-        later = await racing
-        await on_b.wait_for(80)
-        await asyncio.sleep(0.3)
-        on_b.drain()
-        assert on_b.ids() == missed + later
-        assert seen[-1] not in on_b.ids()
-        await on_b.client.close()
-    finally:
-        await publisher.close()
+    await resume_on_the_second_node(a, b, publisher)
 
 
 def test_a_malformed_url_exits_2_and_an_unreachable_server_exits_1(tmp_path: Path) -> None:
