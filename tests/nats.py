@@ -37,7 +37,7 @@ def server_url() -> str:
 def unreachable_reason(url: str) -> str | None:
     """Why the tests cannot use the NATS server at ``url`` (``None`` when they can)."""
     settings = parse_url(url)
-    host, _, port = settings.server.rsplit("@", 1)[-1].removeprefix("nats://").rpartition(":")
+    host, _, port = settings.where.partition("://")[2].rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=3) as sock:
             sock.settimeout(3)
@@ -88,10 +88,12 @@ async def stored_messages(url: str) -> list[tuple[int, bytes]]:
 class NatsProcess:
     """A ``nats-server -js`` of our own on a free port: stopped and started by PID."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, config: str = "") -> None:
         self.binary = binary
         self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="bosbase-nats-"))
+        self.config = config
+        """nats-server configuration (``tls {...}``, ``authorization {...}``) beside the flags."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,8 +101,22 @@ class NatsProcess:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsProcess:
+        config = []
+        if self.config:
+            (self.folder / "nats.conf").write_text(self.config)
+            config = ["-c", str(self.folder / "nats.conf")]
         self._process = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.folder)],
+            [
+                self.binary,
+                *config,
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.folder),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

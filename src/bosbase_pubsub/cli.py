@@ -141,8 +141,8 @@ def _add_storage_options(parser: argparse.ArgumentParser) -> None:
         "--db",
         default="",
         help="store URL: postgres://USER:PASSWORD@HOST:PORT/DB to share one database"
-        " between nodes, or nats://HOST:4222 to share a NATS JetStream server (also"
-        " spelled --store); empty means the SQLite file DIR/data.db",
+        " between nodes, or nats://HOST:4222 (tls:// for TLS) to share a NATS JetStream"
+        " server (also spelled --store); empty means the SQLite file DIR/data.db",
         metavar="URL",
         aliases=("--store",),
     )
@@ -339,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
             dest=dest,
             required=True,
             metavar="STORE",
-            help=f"the store to {what}: a data folder (its SQLite file) or a postgres://"
-            " or nats:// URL",
+            help=f"the store to {what}: a data folder (its SQLite file) or a postgres://,"
+            " nats:// or tls:// URL",
         )
 
     gentoken = commands.add_parser(

@@ -48,6 +48,7 @@ from pathlib import Path
 import aiohttp
 
 from .config import ServerConfig
+from .storage import is_shared
 
 log = logging.getLogger("bosbase_pubsub.workers")
 
@@ -62,13 +63,9 @@ GATHER_TIMEOUT = 1.0
 """How long ``/metrics`` waits for another worker's exposition."""
 
 
-_SHARED = ("postgres://", "postgresql://", "nats://")
-"""The URL prefixes of the stores several processes can share."""
-
-
 def check_workers(workers: int, db_url: str | None) -> None:
     """Raise ``ValueError`` when ``workers`` processes cannot share the store."""
-    if workers > 1 and not (db_url or "").startswith(_SHARED):
+    if workers > 1 and not is_shared(db_url):
         raise ValueError(
             f"--workers {workers} needs a PostgreSQL or NATS store (--db postgres://... or"
             " --db nats://...): the workers deliver each other's messages through the"
@@ -92,7 +89,7 @@ def default_workers(db_url: str | None) -> int:
     cpuset) gets one process, not as many nodes as the machine has cores
     taking turns on that one core (each also reading every other's rows).
     """
-    if (db_url or "").startswith(_SHARED):
+    if is_shared(db_url):
         return usable_cpus()
     return 1
 

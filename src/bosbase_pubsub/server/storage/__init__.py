@@ -29,7 +29,7 @@ __all__ = [
     "open_store",
 ]
 
-SHARED_SCHEMES = ("postgres", "postgresql", "nats")
+SHARED_SCHEMES = ("postgres", "postgresql", "nats", "tls")
 """URL schemes of the stores that several nodes share (each has a ``Feed``)."""
 
 
@@ -48,13 +48,13 @@ def check_store_url(url: str | None) -> None:
     scheme = url.split(":", 1)[0]
     if scheme in ("postgres", "postgresql"):
         return
-    if scheme == "nats":
+    if scheme in ("nats", "tls"):
         from .jetstream_common import parse_url
 
         parse_url(url)
         return
     raise ValueError(
-        f"unsupported database URL scheme {scheme!r} (expected sqlite, postgres or nats)"
+        f"unsupported database URL scheme {scheme!r} (expected sqlite, postgres, nats or tls)"
     )
 
 
@@ -64,7 +64,8 @@ def open_store(url: str | None, data_dir: Path, *, sqlite_synchronous: str = "no
     Accepted: ``sqlite:///path/to/file.db`` (or ``sqlite:`` for ``data_dir/data.db``),
     ``postgres://USER:PASSWORD@HOST:PORT/DATABASE`` (or ``postgresql://``) for a
     database that any number of nodes share, and ``nats://HOST:PORT[?stream=NAME...]``
-    for a NATS JetStream server they share (see ``jetstream_common.JetStreamSettings``).
+    (``tls://`` for TLS) for a NATS JetStream server they share (see
+    ``jetstream_common.JetStreamSettings``).
     The returned store is not opened yet. Raises ``ValueError`` for any other scheme
     or a malformed URL (``check_store_url`` says the same without building a store).
     ``sqlite_synchronous`` is SQLite's ``synchronous`` pragma (``normal`` or ``full``),
@@ -83,7 +84,7 @@ def open_store(url: str | None, data_dir: Path, *, sqlite_synchronous: str = "no
         from .postgres import PostgresStore
 
         return PostgresStore(url)
-    if scheme == "nats":
+    if scheme in ("nats", "tls"):
         from .jetstream import JetStreamStore
 
         return JetStreamStore(url)

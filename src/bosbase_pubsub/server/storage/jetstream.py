@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, replace
@@ -64,12 +65,15 @@ from .jetstream_common import (
     CONNECT_TIMEOUT,
     REQUEST_TIMEOUT,
     JetStreamSettings,
+    check_secure,
+    connect_options,
     decode_message,
     encode_message,
     kv_key,
     message_id_header,
     parse_url,
     prefix_filter,
+    probe_tls,
     topic_subject,
     translate_errors,
 )
@@ -107,29 +111,40 @@ class JetStreamStore(Store):
         self.connection_epoch = 0
         """Raised on every disconnect: a feed made in an earlier epoch lost its consumer."""
         self._closed = False
+        self._last_error: Exception | None = None
+        """The connection's last error (nats-py reports them to ``_on_error``)."""
+        self._refused: str | None = None
+        """Why the connection was given up for good (a reconnect without the TLS asked for)."""
         self.accounts = JetStreamAccounts(self)
 
     # ------------------------------------------------------------------ connection
 
     def connection(self) -> Client:
         """The store's NATS connection; raises ``StoreError`` when closed or not opened."""
+        if self._refused is not None:
+            raise StoreError(self._refused)
         if self._nc is None or self._closed:
             raise StoreError("the store is closed")
         return self._nc
 
     def manager(self) -> JetStreamManager:
-        if self._jsm is None or self._closed:
+        self.connection()
+        if self._jsm is None:
             raise StoreError("the store is closed")
         return self._jsm
 
     def _jetstream(self) -> JetStreamContext:
-        if self._js is None or self._closed:
+        self.connection()
+        if self._js is None:
             raise StoreError("the store is closed")
         return self._js
 
     async def open(self) -> None:
         nc = Client()
-        where = self.settings.server.rsplit("@", 1)[-1]
+        where = self.settings.where
+        self._last_error = None
+        await probe_tls(self.settings)
+        options = connect_options(self.settings)
         try:
             await asyncio.wait_for(
                 nc.connect(
@@ -146,13 +161,19 @@ class JetStreamStore(Store):
                     error_cb=self._on_error,
                     disconnected_cb=self._on_disconnected,
                     reconnected_cb=self._on_reconnected,
+                    **options,
                 ),
                 CONNECT_TIMEOUT,
             )
-        except (asyncio.TimeoutError, nats.errors.Error, OSError) as error:
+            check_secure(nc, self.settings)
+        except (asyncio.TimeoutError, nats.errors.Error, OSError, StoreError) as error:
             with contextlib.suppress(Exception):
                 await nc.close()
-            detail = str(error) or type(error).__name__
+            if isinstance(error, StoreError):
+                raise
+            # nats-py retries a failed first attempt until the timeout: say why it failed.
+            cause = self._last_error if isinstance(error, asyncio.TimeoutError) else None
+            detail = str(cause or error) or type(cause or error).__name__
             raise StoreError(f"jetstream: cannot connect to {where}: {detail}") from error
         self._nc = nc
         self._js = nc.jetstream(timeout=REQUEST_TIMEOUT)
@@ -170,6 +191,10 @@ class JetStreamStore(Store):
             raise
 
     async def _on_error(self, error: Exception) -> None:
+        # The server's refusal or a TLS failure says more than the broken socket after it.
+        telling = (nats.errors.Error, ssl.SSLError)
+        if isinstance(error, telling) or not isinstance(self._last_error, telling):
+            self._last_error = error
         log.debug("nats: %s", error)
 
     async def _on_disconnected(self) -> None:
@@ -178,6 +203,16 @@ class JetStreamStore(Store):
             log.warning("lost the connection to NATS; reconnecting")
 
     async def _on_reconnected(self) -> None:
+        try:
+            check_secure(self._nc, self.settings)
+        except StoreError as error:
+            # Never carry on in plain text: the store stays unusable until restarted.
+            self._refused = str(error)
+            log.error("%s; closing the store's connection", error)
+            if self._nc is not None:
+                with contextlib.suppress(Exception):
+                    await self._nc.close()
+            return
         log.info("reconnected to NATS")
 
     async def _ensure_stream(self) -> None:

@@ -27,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import re
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import nats.errors
@@ -49,15 +52,27 @@ CONNECT_TIMEOUT = 5.0
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TOKEN_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~:@+=,!")
-_QUERY_KEYS = ("stream", "subjects", "max_age", "duplicate_window", "replicas")
+_QUERY_KEYS = (
+    "stream",
+    "subjects",
+    "max_age",
+    "duplicate_window",
+    "replicas",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "nkey",
+)
+_FILE_KEYS = ("tls_ca", "tls_cert", "tls_key", "nkey")
 
 
 @dataclass(frozen=True, slots=True)
 class JetStreamSettings:
-    """A ``nats://`` store URL, read: where the server is and what the store is called.
+    """A ``nats://`` store URL, read: where the server is, how to sign in, the store's name.
 
-    ``nats://[USER:PASSWORD@]HOST[:PORT][?stream=NAME&subjects=PREFIX&max_age=24h
-    &duplicate_window=24h&replicas=1]``.
+    ``nats://[USER:PASSWORD@ | TOKEN@]HOST[:PORT][?stream=NAME&subjects=PREFIX&max_age=24h
+    &duplicate_window=24h&replicas=1&tls_ca=FILE&tls_cert=FILE&tls_key=FILE&nkey=FILE]``;
+    ``tls://`` instead of ``nats://``, or any ``tls_`` option, makes TLS required.
     """
 
     server: str
@@ -69,6 +84,21 @@ class JetStreamSettings:
     duplicate_window: float = DEFAULT_MAX_AGE
     """Seconds within which a repeated idempotence key is not stored again (at most ``max_age``)."""
     replicas: int = 1
+    tls: bool = False
+    """Whether the connection must be TLS (``tls://``, or a ``tls_`` option)."""
+    tls_ca: str | None = None
+    """PEM file of the certificate authorities to trust (default: the system's)."""
+    tls_cert: str | None = None
+    """PEM file of this client's certificate, for servers that verify clients (with ``tls_key``)."""
+    tls_key: str | None = None
+    nkey: str | None = None
+    """File holding the NKEY seed (``SU...``) to sign in with."""
+
+    @property
+    def where(self) -> str:
+        """The server's URL without credentials: for messages and logs."""
+        scheme, _, rest = self.server.partition("://")
+        return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
 
     @property
     def accounts_bucket(self) -> str:
@@ -91,8 +121,8 @@ class JetStreamSettings:
 def parse_url(url: str) -> JetStreamSettings:
     """Read a ``nats://`` URL; raises ``ValueError`` saying what is wrong with it."""
     parts = urlsplit(url)
-    if parts.scheme != "nats":
-        raise ValueError(f"not a nats:// URL: {url!r}")
+    if parts.scheme not in ("nats", "tls"):
+        raise ValueError(f"not a nats:// or tls:// URL: {url!r}")
     try:
         port = parts.port
     except ValueError as error:
@@ -130,11 +160,20 @@ def parse_url(url: str) -> JetStreamSettings:
     replicas_text = query.get("replicas", "1")
     if not replicas_text.isdigit() or not 1 <= int(replicas_text) <= 5:
         raise ValueError(f"invalid nats URL {url!r}: replicas must be 1 to 5")
+    files = {key: query[key] for key in _FILE_KEYS if key in query}
+    for key, path in files.items():
+        if not os.path.isfile(path):
+            raise ValueError(f"invalid nats URL {url!r}: {key}: no such file {path!r}")
+    if ("tls_cert" in files) != ("tls_key" in files):
+        raise ValueError(f"invalid nats URL {url!r}: tls_cert and tls_key go together")
+    tls = parts.scheme == "tls" or any(key.startswith("tls_") for key in files)
     netloc = parts.netloc.rsplit("@", 1)
     host = f"{parts.hostname}:{port or 4222}"
     if ":" in parts.hostname:  # an IPv6 address
         host = f"[{parts.hostname}]:{port or 4222}"
-    server = urlunsplit(("nats", f"{netloc[0]}@{host}" if len(netloc) == 2 else host, "", "", ""))
+    server = urlunsplit(
+        ("tls" if tls else "nats", f"{netloc[0]}@{host}" if len(netloc) == 2 else host, "", "", "")
+    )
     return JetStreamSettings(
         server=server,
         stream=stream,
@@ -142,6 +181,82 @@ def parse_url(url: str) -> JetStreamSettings:
         max_age=max_age,
         duplicate_window=window,
         replicas=int(replicas_text),
+        tls=tls,
+        tls_ca=files.get("tls_ca"),
+        tls_cert=files.get("tls_cert"),
+        tls_key=files.get("tls_key"),
+        nkey=files.get("nkey"),
+    )
+
+
+def connect_options(settings: JetStreamSettings) -> dict[str, Any]:
+    """The security options of ``nats.connect`` for ``settings``: TLS and NKEY sign-in.
+
+    Raises ``StoreError`` when a certificate or key file cannot be read.
+    """
+    options: dict[str, Any] = {}
+    if settings.tls:
+        try:
+            context = ssl.create_default_context(cafile=settings.tls_ca)
+            if settings.tls_cert is not None:
+                context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise StoreError(f"jetstream: cannot read the TLS files: {error}") from error
+        options["tls"] = context
+    if settings.nkey is not None:
+        options["nkeys_seed"] = settings.nkey
+    return options
+
+
+async def probe_tls(settings: JetStreamSettings) -> None:
+    """Before signing in: raise ``StoreError`` if TLS was asked for and the server lacks it.
+
+    nats-py upgrades to TLS only when the server's greeting (``INFO``) requires
+    it, and would otherwise send its credentials in plain text: this reads the
+    greeting on a connection of its own first, and sends nothing.
+    """
+    if not settings.tls:
+        return
+    host, _, port = settings.where.partition("://")[2].rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), CONNECT_TIMEOUT
+        )
+        try:
+            line = await asyncio.wait_for(reader.readline(), CONNECT_TIMEOUT)
+        finally:
+            writer.close()
+    except (OSError, asyncio.TimeoutError) as error:
+        detail = str(error) or type(error).__name__
+        raise StoreError(f"jetstream: cannot connect to {settings.where}: {detail}") from error
+    try:
+        info = orjson.loads(line.removeprefix(b"INFO ")) if line.startswith(b"INFO ") else None
+    except orjson.JSONDecodeError:
+        info = None
+    if not isinstance(info, dict):
+        raise StoreError(f"jetstream: cannot connect to {settings.where}: not a NATS server")
+    if not info.get("tls_required"):
+        raise _plaintext(settings)
+
+
+def check_secure(connection: Any, settings: JetStreamSettings) -> None:
+    """Raise ``StoreError`` if TLS was asked for and ``connection``'s socket is not TLS.
+
+    After ``probe_tls``, for a server that changed its mind in between (and on
+    every reconnect, which nats-py makes on its own).
+    """
+    if not settings.tls:
+        return
+    transport = getattr(connection, "_transport", None)
+    writer = getattr(transport, "_io_writer", None)
+    if writer is None or writer.get_extra_info("ssl_object") is None:
+        raise _plaintext(settings)
+
+
+def _plaintext(settings: JetStreamSettings) -> StoreError:
+    return StoreError(
+        f"jetstream: cannot connect to {settings.where}: TLS was asked for"
+        " (tls:// or a tls_ option) and the server does not offer it"
     )
 
 
@@ -303,11 +418,18 @@ async def delete_store(url: str) -> None:
     import nats
 
     settings = parse_url(url)
+    await probe_tls(settings)
     connection = await asyncio.wait_for(
-        nats.connect(settings.server, connect_timeout=CONNECT_TIMEOUT, max_reconnect_attempts=0),
+        nats.connect(
+            settings.server,
+            connect_timeout=CONNECT_TIMEOUT,
+            max_reconnect_attempts=0,
+            **connect_options(settings),
+        ),
         2 * CONNECT_TIMEOUT,
     )
     try:
+        check_secure(connection, settings)
         manager = connection.jsm()
         for name in (settings.stream, *(f"KV_{bucket}" for bucket in settings.buckets)):
             with contextlib.suppress(nats.js.errors.NotFoundError):
