@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
-"""The largest ``data`` a publish may carry, measured as compact JSON."""
+"""The largest raw ``data`` a publish may carry, in bytes, as the client sent it."""
+MAX_STORED_PAYLOAD_BYTES: Final = 2 * MAX_PAYLOAD_BYTES
+"""The largest ``data`` stored, as compact JSON: a number written short (``1e9``)
+compacts longer (``1000000000.0``), so data within the raw limit may exceed it."""
 
 # The contract's error messages; the official SDKs show them to users verbatim.
 ERR_TOPIC_REQUIRED: Final = "topic must be set"
@@ -46,6 +51,9 @@ ERR_INVALID_FORMAT: Final = "invalid message format"
 MAX_KEY_LENGTH: Final = 128
 """The longest idempotence ``key`` a publish may carry, in characters."""
 ERR_KEY_TOO_LONG: Final = f"publish key is too long (at most {MAX_KEY_LENGTH} characters)"
+ERR_TOPIC_NUL: Final = "topic must not contain the NUL character (U+0000)"
+ERR_KEY_NUL: Final = "publish key must not contain the NUL character (U+0000)"
+ERR_PAYLOAD_TOO_DEEP: Final = "payload is nested too deeply"
 ERR_TOKEN_INVALID: Final = "invalid or expired auth token"
 """``auth`` with a token that proves nothing; the connection keeps its identity."""
 ERR_TOKEN_UNCHECKED: Final = "cannot check the auth token now, try again"
@@ -135,7 +143,8 @@ def parse_request(frame: str | bytes) -> Request:
     Never raises: a frame that is not a JSON object with string fields gives
     ``RequestError(message=ERR_INVALID_FORMAT)`` without a request id.
     """
-    envelope = decode_json(frame)
+    raw = frame.encode() if isinstance(frame, str) else frame
+    envelope, exotic = _decode(raw)
     if not isinstance(envelope, dict):
         return RequestError("", ERR_INVALID_FORMAT)
 
@@ -149,19 +158,31 @@ def parse_request(frame: str | bytes) -> Request:
     request_id = "" if request_id is None else request_id
     if not (isinstance(kind, str) and isinstance(topic, str) and isinstance(request_id, str)):
         return RequestError("", ERR_INVALID_FORMAT)
+    if exotic:
+        # Decoded by the standard library: its strings may hold lone surrogates,
+        # which no reply, socket or store can carry.
+        if not is_unicode(request_id):
+            return RequestError("", ERR_INVALID_FORMAT)
+        fields = (kind, topic, envelope.get("key"), envelope.get("since"), envelope.get("token"))
+        if not all(is_unicode(field) for field in fields if isinstance(field, str)):
+            return RequestError(request_id, ERR_INVALID_FORMAT)
 
     kind = kind.strip().lower()
     topic = topic.strip()
     if kind == "publish":  # the most frequent, first
         if not topic:
             return RequestError(request_id, ERR_TOPIC_REQUIRED)
+        if "\x00" in topic:
+            return RequestError(request_id, ERR_TOPIC_NUL)
         key = envelope.get("key")
         key = "" if key is None else key
         if not isinstance(key, str):
             return RequestError(request_id, ERR_INVALID_FORMAT)
         if len(key) > MAX_KEY_LENGTH:
             return RequestError(request_id, ERR_KEY_TOO_LONG)
-        data = encode_payload(envelope.get("data"))
+        if "\x00" in key:
+            return RequestError(request_id, ERR_KEY_NUL)
+        data = publish_payload(envelope, raw)
         if isinstance(data, str):
             return RequestError(request_id, data)
         return Publish(request_id, topic, data, key)
@@ -170,6 +191,8 @@ def parse_request(frame: str | bytes) -> Request:
     if kind == "subscribe":
         if not topic:
             return RequestError(request_id, ERR_TOPIC_REQUIRED)
+        if "\x00" in topic:
+            return RequestError(request_id, ERR_TOPIC_NUL)
         since = envelope.get("since")
         if since is None or since == "":
             return Subscribe(request_id, topic)
@@ -202,29 +225,65 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class _Unrepresentable:
+    """A number the standard library read as infinite (``1e400``): valid JSON, but no
+    double holds it, so it cannot be stored or relayed as the same value."""
+
+    __slots__ = ()
+
+
+_UNREPRESENTABLE = _Unrepresentable()
+
+
+def _float_or_unrepresentable(text: str) -> float | _Unrepresentable:
+    number = float(text)
+    return number if math.isfinite(number) else _UNREPRESENTABLE
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogate, which UTF-8 cannot hold)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode_json(frame: str | bytes) -> Any:
-    """Decode JSON text, or return a sentinel that is no JSON value (never raises).
+    """Decode JSON text, or return a sentinel that is no JSON value (never raises)."""
+    return _decode(frame.encode() if isinstance(frame, str) else frame)[0]
+
+
+def _decode(raw: bytes) -> tuple[Any, bool]:
+    """The decoded value, and whether the standard library decoded it (never raises).
 
     orjson is the fast path, but it reads integers beyond 64 bits as floats
     and so changes them; a frame holding a run of 20 or more digits (19
     after a minus) goes to the standard library instead, which keeps them
-    exact (with the non-standard ``NaN`` and ``Infinity`` refused).
+    exact (with the non-standard ``NaN`` and ``Infinity`` refused). So does
+    valid JSON that orjson refuses (a lone surrogate escape, a number beyond a
+    double, nesting past its limit): then the frame's request id is still
+    known, and the request gets its error instead of none.
     """
-    raw = frame.encode() if isinstance(frame, str) else frame
     digits = raw.translate(_DIGITS_TO_ZEROS)
     if _TWENTY_ZEROS not in digits and _MINUS_NINETEEN_ZEROS not in digits:
         try:
-            return orjson.loads(raw)
+            return orjson.loads(raw), False
         except orjson.JSONDecodeError:
-            return _INVALID
+            pass
     try:
-        return json.loads(frame, parse_constant=_reject_constant)
+        return json.loads(
+            raw, parse_constant=_reject_constant, parse_float=_float_or_unrepresentable
+        ), True
     except (ValueError, TypeError, RecursionError):
-        return _INVALID
+        return _INVALID, False
 
 
-def encode_payload(value: Any) -> bytes | str:
-    """Compact a decoded ``data`` value, or return the contract error it earns."""
+def encode_payload(value: Any, *, limit: int = MAX_PAYLOAD_BYTES) -> bytes | str:
+    """Compact a decoded ``data`` value, or return the contract error it earns.
+
+    ``limit``: the most bytes the compact form may take (``ERR_PAYLOAD_TOO_LARGE``).
+    """
     try:
         data = orjson.dumps(value)
     except orjson.JSONEncodeError:
@@ -233,11 +292,71 @@ def encode_payload(value: Any) -> bytes | str:
             data = json.dumps(
                 value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
             ).encode()
-        except (TypeError, ValueError, RecursionError):
+        except RecursionError:
+            return ERR_PAYLOAD_TOO_DEEP
+        except (TypeError, ValueError):  # a lone surrogate, an unrepresentable number
             return ERR_PAYLOAD_INVALID
-    if len(data) > MAX_PAYLOAD_BYTES:
+    if len(data) > limit:
         return ERR_PAYLOAD_TOO_LARGE
     return data
+
+
+def publish_payload(envelope: dict[str, Any], raw: bytes) -> bytes | str:
+    """The compact ``data`` of a publish envelope (decoded from ``raw``), or the error.
+
+    The contract limits the raw ``data``, as sent: over ``MAX_PAYLOAD_BYTES`` it
+    is ``payload too large``, whitespace and escapes in it counted. Only a frame
+    larger than the limit can hold such data, so only those are measured.
+    """
+    data = encode_payload(envelope.get("data"), limit=MAX_STORED_PAYLOAD_BYTES)
+    if isinstance(data, bytes) and len(raw) > MAX_PAYLOAD_BYTES:
+        size = _raw_data_size(raw)
+        if size is None:  # unreadable this way: bound it by the rest of the envelope
+            rest = encode_payload({k: v for k, v in envelope.items() if k != "data"})
+            size = len(raw) - (len(rest) if isinstance(rest, bytes) else 2)
+        if size > MAX_PAYLOAD_BYTES:
+            return ERR_PAYLOAD_TOO_LARGE
+    return data
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_RAW_DECODER = json.JSONDecoder()
+
+
+def _skip_whitespace(text: str, at: int) -> int:
+    match = _WHITESPACE.match(text, at)
+    assert match is not None  # ``*``: it always matches
+    return match.end()
+
+
+def _raw_data_size(raw: bytes) -> int | None:
+    """The bytes of the top-level ``data`` value as sent, or ``None`` (no ``data``, or
+    not readable here). Each member is read by the standard library's decoder,
+    which says where it ends; only the object's own punctuation is stepped over."""
+    try:
+        text = raw.decode()
+        at = _skip_whitespace(text, 0)
+        if text[at : at + 1] != "{":
+            return None
+        at = _skip_whitespace(text, at + 1)
+        size = None
+        while text[at : at + 1] != "}":
+            key, at = _RAW_DECODER.raw_decode(text, at)
+            at = _skip_whitespace(text, at)
+            if not isinstance(key, str) or text[at : at + 1] != ":":
+                return None
+            start = _skip_whitespace(text, at + 1)
+            _value, at = _RAW_DECODER.raw_decode(text, start)
+            if key == "data":  # the last one counts, as in decoding
+                size = len(text[start:at].encode())
+            at = _skip_whitespace(text, at)
+            if text[at : at + 1] == ",":
+                at = _skip_whitespace(text, at + 1)
+            elif text[at : at + 1] != "}":
+                return None
+        return size
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
 
 
 # --- Positions (ours) ---------------------------------------------------------------

@@ -69,10 +69,71 @@ def test_requests(frame: str | bytes, expected: protocol.Request) -> None:
     assert protocol.parse_request(frame) == expected
 
 
-def test_payload_limit_is_on_the_compact_data() -> None:
+def test_the_sdk_side_limit_is_on_the_compact_data_it_sends() -> None:
     fits = "x" * (protocol.MAX_PAYLOAD_BYTES - 2)
     assert isinstance(protocol.encode_payload(fits), bytes)
     assert protocol.encode_payload(fits + "x") == protocol.ERR_PAYLOAD_TOO_LARGE
+
+
+LIMIT = protocol.MAX_PAYLOAD_BYTES
+
+
+@pytest.mark.parametrize(
+    ("data", "fits"),
+    [
+        ('"' + "x" * (LIMIT - 2) + '"', True),  # exactly 256 KiB with its quotes
+        ('"' + "x" * (LIMIT - 1) + '"', False),
+        ("[1" + " " * (LIMIT - 3) + "]", True),  # whitespace inside data counts
+        ("[1" + " " * (LIMIT - 2) + "]", False),
+        ('"' + "\\u0041" * (LIMIT // 6) + '"', True),  # so do escapes (6 bytes each)
+        ('"' + "\\u0041" * (LIMIT // 6 + 1) + '"', False),
+        ("[" + ",".join(["1e9"] * 30_000) + "]", True),  # 120 KB sent, 390 KB compacted
+        ("[" + ",".join(["1e9"] * 60_000) + "]", False),  # 780 KB compacted: over 512 KiB
+    ],
+)
+def test_the_server_side_limit_is_on_the_raw_data_as_sent(data: str, fits: bool) -> None:
+    # Whitespace around the members is not data: json.dumps puts a space after each : and ,.
+    frame = '{"type": "publish", "topic": "t", "requestId": "r", "data":   ' + data + "  }"
+    request = protocol.parse_request(frame)
+    if fits:
+        assert isinstance(request, Publish)
+        assert json.loads(request.data) == json.loads(data)
+    else:
+        assert request == RequestError("r", protocol.ERR_PAYLOAD_TOO_LARGE)
+
+
+def test_the_last_data_member_is_the_one_measured_as_it_is_the_one_kept() -> None:
+    big = '"' + "x" * LIMIT + '"'
+    kept_small = protocol.parse_request(
+        '{"type":"publish","topic":"t","data":' + big + ',"data":1}'
+    )
+    assert kept_small == Publish("", "t", b"1")
+    kept_big = protocol.parse_request('{"type":"publish","topic":"t","data":1,"data":' + big + "}")
+    assert kept_big == RequestError("", protocol.ERR_PAYLOAD_TOO_LARGE)
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ('"type":"publish","topic":"a\\u0000b"', protocol.ERR_TOPIC_NUL),
+        ('"type":"subscribe","topic":"\\u0000"', protocol.ERR_TOPIC_NUL),
+        ('"type":"publish","topic":"t","key":"\\u0000"', protocol.ERR_KEY_NUL),
+        ('"type":"publish","topic":"t","data":"\\ud83d"', protocol.ERR_PAYLOAD_INVALID),
+        ('"type":"publish","topic":"t","data":-1e400', protocol.ERR_PAYLOAD_INVALID),
+        ('"type":"publish","topic":"\\udc00"', protocol.ERR_INVALID_FORMAT),
+        ('"type":"subscribe","topic":"t","since":"\\udc00"', protocol.ERR_INVALID_FORMAT),
+    ],
+)
+def test_what_no_store_or_socket_can_carry_is_refused_with_the_request_id(
+    frame: str, expected: str
+) -> None:
+    request = protocol.parse_request('{"requestId":"r",' + frame + "}")
+    assert request == RequestError("r", expected)
+
+
+def test_a_request_id_no_reply_can_carry_is_left_out() -> None:
+    frame = '{"type":"ping","requestId":"\\udc00"}'
+    assert protocol.parse_request(frame) == RequestError("", protocol.ERR_INVALID_FORMAT)
 
 
 def test_replies_leave_empty_fields_out() -> None:

@@ -18,7 +18,6 @@ import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import orjson
 from aiohttp import web
 
 from .. import protocol
@@ -225,16 +224,17 @@ async def http_publish(request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return api_error(413, protocol.ERR_PAYLOAD_TOO_LARGE)
-    try:
-        envelope = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return api_error(400, protocol.ERR_PAYLOAD_INVALID)
+    envelope = protocol.decode_json(body)  # as a WebSocket frame: large integers kept exact
     if not isinstance(envelope, dict):
         return api_error(400, protocol.ERR_PAYLOAD_INVALID)
     topic = envelope.get("topic")
     topic = topic.strip() if isinstance(topic, str) else ""
     if not topic:
         return api_error(400, protocol.ERR_TOPIC_REQUIRED)
+    if not protocol.is_unicode(topic):
+        return api_error(400, protocol.ERR_INVALID_FORMAT)
+    if "\x00" in topic:
+        return api_error(400, protocol.ERR_TOPIC_NUL)
     limits = node.config.limits
     if len(topic) > limits.max_topic_length:
         return api_error(400, f"topic is too long (at most {limits.max_topic_length} characters)")
@@ -247,7 +247,11 @@ async def http_publish(request: web.Request) -> web.Response:
         return api_error(400, protocol.ERR_INVALID_FORMAT)
     if key is not None and len(key) > protocol.MAX_KEY_LENGTH:
         return api_error(400, protocol.ERR_KEY_TOO_LONG)
-    data = protocol.encode_payload(envelope.get("data"))
+    if key is not None and not protocol.is_unicode(key):
+        return api_error(400, protocol.ERR_INVALID_FORMAT)
+    if key is not None and "\x00" in key:
+        return api_error(400, protocol.ERR_KEY_NUL)
+    data = protocol.publish_payload(envelope, body)
     if data == protocol.ERR_PAYLOAD_TOO_LARGE:
         return api_error(413, data)
     if isinstance(data, str):

@@ -4,6 +4,10 @@ As PocketBase does: with no ``--origins`` every origin may call the API
 (tokens travel in the ``Authorization`` header, which a page cannot add for
 another site, and no credentials are allowed); with ``--origins`` only those.
 The WebSocket endpoint needs no CORS; its cookie rule lives in ``auth``.
+
+The same middleware gives aiohttp's own errors under ``/api/`` (no such route,
+a wrong method, a body over the size limit) PocketBase's JSON error body
+(``errors.as_api_error``): it is the one that wraps every request already.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+
+from .errors import as_api_error
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -27,7 +33,13 @@ def cors_middleware(origins: tuple[str, ...]) -> Middleware:
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         if origin is None or request.path == "/api/pubsub":
-            return await handler(request)
+            try:
+                return await handler(request)
+            except web.HTTPException as error:
+                answer = as_api_error(request, error)
+                if answer is error:
+                    raise
+                return answer
         allowed = not allowed_origins or origin.rstrip("/").lower() in allowed_origins
         preflight = (
             request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
@@ -44,7 +56,7 @@ def cors_middleware(origins: tuple[str, ...]) -> Middleware:
             try:
                 response = await handler(request)
             except web.HTTPException as error:
-                response = error
+                response = as_api_error(request, error)
         if allowed:
             response.headers["Access-Control-Allow-Origin"] = "*" if not allowed_origins else origin
             response.headers.add("Vary", "Origin")

@@ -41,6 +41,7 @@ REQUIRED = FieldError("validation_required", "Cannot be blank.")
 INVALID_EMAIL = FieldError("validation_is_email", "Must be a valid email address.")
 MISMATCH = FieldError("validation_values_mismatch", "Values don't match.")
 INVALID_VALUE = FieldError("validation_invalid_value", "Invalid value.")
+HOLDS_NUL = FieldError("validation_invalid_value", "Must not contain the NUL character.")
 INVALID_OLD_PASSWORD = FieldError(
     "validation_invalid_old_password", "Missing or invalid old password."
 )
@@ -88,6 +89,8 @@ def password_error(password: str) -> FieldError | None:
             f"Must be at most {MAX_PASSWORD_BYTES} bytes once UTF-8 encoded.",
             {"max": MAX_PASSWORD_BYTES},
         )
+    if "\x00" in password:  # bcrypt refuses it
+        return HOLDS_NUL
     return None
 
 
@@ -226,6 +229,8 @@ def parse_new_account(
         errors.setdefault("passwordConfirm", REQUIRED)
     elif confirm != password:
         errors.setdefault("passwordConfirm", MISMATCH)
+    if "\x00" in name:  # no store's text column holds it
+        errors.setdefault("name", HOLDS_NUL)
     if len(name) > MAX_NAME_LENGTH:
         errors.setdefault(
             "name",

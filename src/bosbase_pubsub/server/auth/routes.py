@@ -171,7 +171,12 @@ class AuthRoutes:
             return too_many_failures(wait)
         matched: bool | None = None
         try:
-            record = await auth.accounts.find_by_email(collection.name, form.identity)
+            # No account holds a NUL (emails are validated), and PostgreSQL text cannot.
+            record = (
+                None
+                if "\x00" in form.identity
+                else await auth.accounts.find_by_email(collection.name, form.identity)
+            )
             matched = await auth.check_password(record, form.password)
         finally:
             auth.limiter.end(address, identity, failed=matched is False)

@@ -561,6 +561,8 @@ class PostgresStore(Store):
         return _stored(messages, row)
 
     async def read_topic(self, topic: str, after: int, through: int, limit: int) -> list[Message]:
+        if _holds_nul(topic):
+            return []
         with translate_errors("read"):
             rows = await self.pool.fetch(
                 f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
@@ -578,6 +580,8 @@ class PostgresStore(Store):
         where = []
         params: list[object] = []
         if topic is not None:
+            if _holds_nul(topic):
+                return []
             params.append(topic)
             where.append(f"topic = ${len(params)}")
         if before is not None:
@@ -593,6 +597,8 @@ class PostgresStore(Store):
         return [_row_message(row) for row in rows]
 
     async def read_prefix(self, prefix: str, after: int, through: int, limit: int) -> list[Message]:
+        if _holds_nul(prefix):
+            return []
         with translate_errors("read"):
             rows = await self.pool.fetch(
                 f"SELECT {_MESSAGE_COLUMNS} FROM _pubsub_messages"
@@ -788,6 +794,8 @@ class PostgresAccounts(AccountStore):
 
     async def find_by_email(self, collection: str, email: str) -> AuthRecord | None:
         table = self._table(collection)
+        if _holds_nul(email):
+            return None
         with translate_errors("find account"):
             row = await self._store.pool.fetchrow(
                 f"SELECT {_RECORD_COLUMNS} FROM {table} WHERE lower(email) = lower($1)", email
@@ -796,6 +804,8 @@ class PostgresAccounts(AccountStore):
 
     async def find_by_id(self, collection: str, record_id: str) -> AuthRecord | None:
         table = self._table(collection)
+        if _holds_nul(record_id):
+            return None
         with translate_errors("find account"):
             row = await self._store.pool.fetchrow(
                 f"SELECT {_RECORD_COLUMNS} FROM {table} WHERE id = $1", record_id
@@ -850,6 +860,8 @@ class PostgresAccounts(AccountStore):
 
     async def delete(self, collection: str, record_id: str) -> bool:
         table = self._table(collection)
+        if _holds_nul(record_id):
+            return False
         with translate_errors("delete account"):
             status = await self._store.pool.execute(f"DELETE FROM {table} WHERE id = $1", record_id)
         return str(status) != "DELETE 0"
@@ -866,3 +878,10 @@ class PostgresAccounts(AccountStore):
                 )
                 value = await connection.fetchval("SELECT value FROM _params WHERE id = $1", name)
         return str(value)
+
+
+def _holds_nul(text: str) -> bool:
+    """Whether ``text`` holds U+0000, which PostgreSQL's text cannot: no row matches it
+    (the forms and the protocol refuse it on the way in), so a lookup is answered
+    without asking, instead of failing as a store error."""
+    return "\x00" in text
