@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -416,3 +417,31 @@ async def test_since_replays_and_an_async_on_gap_hears_of_an_unknown_position(
         await client.pubsub.publish(topic, "live")
         message = await asyncio.wait_for(messages.__anext__(), 10)
         assert message["data"] == "live"
+
+
+# The sockets of the ended loop can no longer be closed (their loop is gone): Python
+# warns about them, which is what the scenario is (a client never closed in time).
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_close_after_the_loop_that_used_the_client_ended_is_quiet(
+    shared_server: ServerProcess,
+) -> None:
+    async def use() -> AsyncBosBase:
+        client = make_client(shared_server.url)
+        await client.collection("_superusers").auth_with_password(
+            SUPERUSER_EMAIL, SUPERUSER_PASSWORD
+        )
+        await client.pubsub.subscribe("ended/loop", lambda message: None)
+        return client
+
+    client = asyncio.run(use())  # the loop ends; the client was never closed
+
+    async def close_twice(client: AsyncBosBase) -> None:
+        await client.close()
+        await client.close()
+        with pytest.raises(ClientClosed):
+            await client.pubsub.publish("ended/loop", 1)
+
+    asyncio.run(close_twice(client))
+    del client
+    gc.collect()  # the sockets' warnings now, while this test's filters apply

@@ -348,6 +348,27 @@ def test_a_request_without_a_connection_times_out_naming_the_last_error() -> Non
     assert "Connection refused" in str(rejected.error)
 
 
+def test_a_publish_sent_then_cut_off_times_out_saying_it_may_be_stored() -> None:
+    core = make_core()
+    first = core.publish("t", 0, 0.0)
+    connect(core)
+    core.receive(
+        frame(type="published", requestId=first, id="x", topic="t", created="c", position="E:1"),
+        0.0,
+    )
+    core.events_received()
+    cut_off = core.publish("t", 1, 0.0, timeout=3.0)
+    sent(core)
+    core.connection_lost(None, 1.0)  # queued to be resent: no connection comes back
+    core.connection_failed(ConnectionClosed("could not connect: Connection refused"), 1.1)
+    core.tick(3.0)
+    [rejected] = of_type(core.events_received(), Rejected)
+    assert rejected.request_id == cut_off
+    assert isinstance(rejected.error, RequestTimeout)
+    assert "may or may not have been stored (resend it with the same key)" in str(rejected.error)
+    assert "no connection to the server" not in str(rejected.error)
+
+
 def test_a_sent_request_without_a_reply_times_out() -> None:
     core = make_core()
     request_id = core.publish("t", 1, 0.0)

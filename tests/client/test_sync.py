@@ -520,3 +520,33 @@ def test_a_publish_cut_off_before_its_ack_is_resent_and_stored_once(
             assert proxy.cuts >= 1
     finally:
         proxy.close()
+
+
+def test_close_stops_calling_handlers_once_it_stops_waiting_for_them(
+    shared_server: ServerProcess, superuser_token: str, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bosbase_pubsub.client import _sync
+
+    monkeypatch.setattr(_sync, "DRAIN_TIMEOUT", 0.3)
+    calls: list[float] = []
+    started = threading.Event()
+
+    def slow(message: Message) -> None:
+        calls.append(time.monotonic())
+        started.set()
+        time.sleep(0.5)
+
+    client = make_client(shared_server.url, superuser_token)
+    client.pubsub.subscribe(topic, slow)
+    publisher = make_client(shared_server.url, superuser_token)
+    try:
+        for n in range(10):
+            publisher.pubsub.publish(topic, n)
+        assert started.wait(10)
+        client.close()
+        returned = time.monotonic()
+        time.sleep(1.5)  # three more handler calls, were the dispatcher still going
+        assert [at for at in calls if at > returned] == []
+        assert len(calls) < 10
+    finally:
+        publisher.close()

@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -105,6 +106,51 @@ async def test_graceful_shutdown_closes_sockets_with_1001_and_keeps_acked_messag
     await client.session.close()
     assert {ack["id"] for ack in acks} <= await stored_ids(server)
     assert "stopped" in server.log_text()
+
+
+async def test_a_graceful_shutdown_mid_stream_acks_every_message_it_stored(
+    start_server: StartServer,
+) -> None:
+    server = start_server()
+    token = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
+    publisher = await WsClient.connect(server.ws_url, token=token)
+    subscriber = await WsClient.connect(server.ws_url)
+    await subscriber.subscribe("draining")
+    loop = asyncio.get_running_loop()
+    replies: list[asyncio.Future[dict[str, Any]]] = []
+    for n in range(PIPELINED):
+        replies.append(loop.create_future())
+        publisher.replies[f"p{n}"] = replies[-1]
+    # Every frame written before the signal, most still unread by the server or
+    # waiting for their commit when it comes (the client writes nothing after).
+    for n in range(PIPELINED):
+        await publisher.send_raw(
+            f'{{"type":"publish","topic":"draining","data":{n},"requestId":"p{n}"}}'
+        )
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    await asyncio.wait_for(publisher.closed.wait(), 30)
+    await asyncio.wait_for(subscriber.closed.wait(), 15)
+    await asyncio.to_thread(stopper.join)
+    await publisher.session.close()
+    await subscriber.session.close()
+
+    answers = [future.result() for future in replies if not future.exception()]
+    # Publishes read once the shutdown began are not answered (nor stored): the
+    # socket closes instead, and a client resends them elsewhere.
+    assert {answer["type"] for answer in answers} == {"published"}
+    assert 0 < len(answers) < PIPELINED
+    acked = {answer["id"] for answer in answers}
+    # Every message stored was acked, and delivered live, before the sockets closed.
+    assert await stored_ids(server) == acked
+    delivered = set()
+    while not subscriber.messages.empty():
+        delivered.add(subscriber.messages.get_nowait()["id"])
+    assert delivered == acked
+    assert publisher.ws.close_code == subscriber.ws.close_code == 1001
+
+
+PIPELINED = 20_000
 
 
 async def _insert_old_rows(server: ServerProcess, count: int, created: str) -> None:

@@ -111,6 +111,8 @@ class AsyncBosBase:
         self.pubsub = AsyncPubSub(self.base_url, self.auth_store, self.timeouts, reconnect)
         """Publish and subscribe (see ``AsyncPubSub``)."""
         self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
+        """The loop ``_http`` was made on (its connections belong to it)."""
         self._closed = False
         self._refresher = (
             AsyncTokenRefresher(
@@ -134,8 +136,8 @@ class AsyncBosBase:
             await self._refresher.close()
         await self.pubsub.close()
         http, self._http = self._http, None
-        if http is not None:
-            await http.aclose()
+        if http is not None and not (self._http_loop is not None and self._http_loop.is_closed()):
+            await http.aclose()  # (on an ended loop its connections ended with it)
 
     async def __aenter__(self) -> AsyncBosBase:
         return self
@@ -160,6 +162,7 @@ class AsyncBosBase:
                 base_url=self.base_url,
                 timeout=httpx.Timeout(self.timeouts.request, connect=self.timeouts.connect),
             )
+            self._http_loop = asyncio.get_running_loop()
         http = self._http
         request = build_request(http, call, self.auth_store.token)
         try:
@@ -366,6 +369,10 @@ class AsyncPubSub:
         """Close the connection and end the tasks (``AsyncBosBase.close`` calls this)."""
         self._core.close(time.monotonic())
         self._remove_auth_callback()
+        if self._loop is not None and self._loop.is_closed():
+            # The loop that ran the client has ended, and its tasks and socket with it.
+            self._runner = self._dispatcher = self._timer = None
+            return
         self._pump()
         self._end_streams()
         self._wakeup.set()

@@ -757,7 +757,7 @@ class PubSubCore:
             self.connect_at = now
 
     def _send(self, request: Request) -> None:
-        request.sent = True
+        request.sent = request.ever_sent = True
         kind = request.kind
         if kind == "publish":
             self._in_flight_publishes += 1
@@ -791,9 +791,15 @@ class PubSubCore:
                 self._ask_close("timeout", 1000, "re-subscribe timed out")
         else:
             detail = f" (last error: {self.last_error})" if self.last_error else ""
-            error = RequestTimeout(
-                f"no connection to the server within {request.timeout:g}s{detail}"
-            )
+            what = f"no connection to the server within {request.timeout:g}s{detail}"
+            if request.ever_sent and request.kind == "publish":
+                # Sent before its connection dropped, then queued to be resent.
+                what = (
+                    f"no reply from the server within {request.timeout:g}s: the connection"
+                    " dropped after the publish was sent, and none came back in time; it may"
+                    f" or may not have been stored (resend it with the same key){detail}"
+                )
+            error = RequestTimeout(what)
         self._failed(request, now)
         self._events.append(Rejected(request.id, error))
 

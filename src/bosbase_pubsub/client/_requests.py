@@ -36,6 +36,7 @@ class Request:
 
     __slots__ = (
         "deadline",
+        "ever_sent",
         "frame",
         "id",
         "kind",
@@ -65,6 +66,8 @@ class Request:
         self.listener = listener
         self.sent = False
         """Written on the current connection (else waiting in the queue)."""
+        self.ever_sent = False
+        """Written on some connection: a publish may have been stored even if queued again."""
         self.since: str | None = None
         """The ``since`` a subscribe carried when it was written."""
 

@@ -617,6 +617,8 @@ class _Dispatcher:
         self._backlog = 0
         self._backlog_lock = threading.Lock()
         self._monitor = BacklogMonitor()
+        self._given_up = False
+        """Set when ``stop`` stopped waiting: no handler is called after that."""
         self._thread = threading.Thread(
             target=self._run, name="bosbase-pubsub-dispatcher", daemon=True
         )
@@ -643,7 +645,14 @@ class _Dispatcher:
         if self._thread is not threading.current_thread():
             self._thread.join(DRAIN_TIMEOUT)
             if self._thread.is_alive():
-                log.warning("a handler is still running %gs after close()", DRAIN_TIMEOUT)
+                # A thread cannot be stopped: the running handler ends on its own, but
+                # the messages after it are dropped, as close() promises.
+                self._given_up = True
+                log.warning(
+                    "a handler is still running %gs after close(); the messages not yet"
+                    " handled are dropped",
+                    DRAIN_TIMEOUT,
+                )
 
     def _run(self) -> None:
         while True:
@@ -654,11 +663,15 @@ class _Dispatcher:
                 batch.answer(batch.acked)
                 continue
             for deliver in batch:
+                if self._given_up:
+                    return
                 if type(deliver) is Gap:
                     _call_on_gap(deliver)
                     continue
                 message: Message = cast(Deliver, deliver).message
                 for listener in deliver.listeners:
+                    if self._given_up:
+                        return
                     try:
                         listener.handler(message)
                     except Exception:

@@ -2,9 +2,9 @@
 
 Lifecycle: open the store, load the signing secrets, start following the
 other nodes' messages (a shared store only), start pruning, then listen. On
-SIGTERM or SIGINT: stop accepting, close every WebSocket with 1001, stop
-following, let queued publishes commit (so every ack already promised
-holds), then close the store. Under ``serve --workers N`` each worker runs
+SIGTERM or SIGINT: stop accepting, leave new publishes unanswered, let the queued ones
+commit and send their acks and deliveries, close every WebSocket with 1001,
+stop following, then close the store. Under ``serve --workers N`` each worker runs
 this same node (see ``workers``).
 """
 
@@ -159,7 +159,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    await app[NODE].endpoint.close_all()
+    """Answer the publishes in flight, then close every socket with 1001.
+
+    New publishes go unanswered (and unstored; HTTP ones get 503) while the
+    queued ones commit, so that every message stored gets its ack and its live
+    deliveries before the sockets close, unless the store takes longer than
+    half of ``--shutdown-timeout``. A client resends what was never acked once
+    it has reconnected (the SDKs do).
+    """
+    node = app[NODE]
+    node.endpoint.closing = True
+    try:
+        await asyncio.wait_for(node.commits.drain(), node.config.shutdown_timeout / 2)
+    except asyncio.TimeoutError:
+        log.warning("shutting down with publishes still waiting for the store")
+    await node.endpoint.close_all()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -220,6 +234,8 @@ async def http_publish(request: web.Request) -> web.Response:
         return api_error(503, protocol.ERR_PUBLISH_FAILED)
     if identity is None:
         return api_error(401, protocol.ERR_AUTH_REQUIRED)
+    if node.endpoint.closing:
+        return api_error(503, protocol.ERR_PUBLISH_FAILED)
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:

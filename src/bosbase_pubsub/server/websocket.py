@@ -115,10 +115,14 @@ class PubSubEndpoint:
         self.limits = limits
         self.node_id = node_id
         self.heartbeat = heartbeat
+        self.closing = False
+        """Set when the node shuts down: publishes from then on are refused, not queued."""
         self._per_address: Counter[str] = Counter()
         self._connections: dict[Connection, web.WebSocketResponse] = {}
         """Every connection being served, with its socket."""
         self._heartbeats: asyncio.Task[None] | None = None
+        self._closes: dict[web.WebSocketResponse, asyncio.Task[bool]] = {}
+        """The closing handshakes ``close_all`` started, by socket."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for ``GET /api/pubsub``."""
@@ -165,6 +169,14 @@ class PubSubEndpoint:
             self._per_address[peer] -= 1
             if not self._per_address[peer]:
                 del self._per_address[peer]
+        closing = self._closes.get(ws)
+        if closing is not None:
+            # ``close_all`` is closing it: return (and let aiohttp drop the socket) only
+            # once the client answered the close. Dropped earlier, with the client's
+            # last frames unread, the kernel resets the connection, and the client
+            # loses what it had not read yet: acks included.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(closing)
         return ws
 
     def identities(self) -> list[Identity | None]:
@@ -202,11 +214,12 @@ class PubSubEndpoint:
         heartbeats, self._heartbeats = self._heartbeats, None
         if heartbeats is not None:
             heartbeats.cancel()
-        sockets = list(self._connections.values())
-        await asyncio.gather(
-            *(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for ws in sockets),
-            return_exceptions=True,
-        )
+        loop = asyncio.get_running_loop()
+        for ws in self._connections.values():
+            self._closes[ws] = loop.create_task(
+                ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
+            )
+        await asyncio.gather(*self._closes.values(), return_exceptions=True)
 
 
 class Connection:
@@ -421,6 +434,10 @@ class Connection:
         identity = self.identity
         if identity is None or identity.expires_at <= time.time():
             self.reply(protocol.error_frame(request_id, protocol.ERR_AUTH_REQUIRED))
+            return
+        if endpoint.closing:
+            # Shutting down: not stored and not answered. The socket closes with 1001
+            # in a moment, and a client resends what was never acked after it reconnects.
             return
         limits = endpoint.limits
         if len(topic) > limits.max_topic_length:
