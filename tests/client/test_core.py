@@ -680,7 +680,9 @@ def test_disconnect_fails_what_waits_drops_subscriptions_and_closes() -> None:
     listener, _ = core.subscribe("t", "h", 0.0)
     ack_subscribes(core, connect(core))
     waiting = core.publish("t", 1, 0.0)
+    assert core.is_connected
     core.disconnect(0.5)
+    assert not core.is_connected  # at once, not when the socket has closed
     events = core.events_received()
     [rejected] = of_type(events, Rejected)
     assert rejected.request_id == waiting

@@ -225,7 +225,8 @@ class PubSubCore:
 
     @property
     def is_connected(self) -> bool:
-        return self.state is State.OPEN
+        # Not while a close this client asked for is under way (``disconnect``).
+        return self.state is State.OPEN and self._closing is None
 
     @property
     def topics(self) -> list[str]:
