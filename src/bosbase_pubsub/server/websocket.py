@@ -20,6 +20,11 @@ every frame received, a cost on every publish): every half ``heartbeat`` one
 task looks at every connection; one that sent nothing since the last look
 gets a ping, and one that still sent nothing (not even the pong) by the next
 look is dropped. Receiving marks a connection as heard, nothing more.
+
+The same round signs out a connection whose account's password changed (its
+token key with it) or that was deleted, on whichever node did it: one lookup
+of the token keys of the accounts signed in, per collection, per round. Until
+then (at most half a ``heartbeat``) such a connection still acts as signed in.
 """
 
 from __future__ import annotations
@@ -121,8 +126,6 @@ class PubSubEndpoint:
         self._connections: dict[Connection, web.WebSocketResponse] = {}
         """Every connection being served, with its socket."""
         self._heartbeats: asyncio.Task[None] | None = None
-        self._closes: dict[web.WebSocketResponse, asyncio.Task[bool]] = {}
-        """The closing handshakes ``close_all`` started, by socket."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp handler for ``GET /api/pubsub``."""
@@ -169,14 +172,6 @@ class PubSubEndpoint:
             self._per_address[peer] -= 1
             if not self._per_address[peer]:
                 del self._per_address[peer]
-        closing = self._closes.get(ws)
-        if closing is not None:
-            # ``close_all`` is closing it: return (and let aiohttp drop the socket) only
-            # once the client answered the close. Dropped earlier, with the client's
-            # last frames unread, the kernel resets the connection, and the client
-            # loses what it had not read yet: acks included.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(closing)
         return ws
 
     def identities(self) -> list[Identity | None]:
@@ -184,13 +179,43 @@ class PubSubEndpoint:
         return [connection.identity for connection in self._connections]
 
     async def _beat(self) -> None:
-        """Ping the connections that went quiet, drop those that stayed quiet (see the module)."""
+        """Ping the connections that went quiet, drop those that stayed quiet, sign out
+        those whose account changed (see the module)."""
         while True:
             await asyncio.sleep(self.heartbeat / 2)
             try:
                 self._look_at_connections()
+                await self._check_accounts()
             except Exception:  # a bug here must not end heartbeats for good
                 log.exception("heartbeat round failed")
+
+    async def _check_accounts(self) -> None:
+        """Sign out the connections whose account's token key changed or is gone."""
+        signed_in: dict[str, list[Connection]] = {}
+        for connection in self._connections:
+            identity = connection.identity
+            if identity is not None and identity.token_key is not None:
+                signed_in.setdefault(identity.collection_name, []).append(connection)
+        accounts = self.authenticator.accounts
+        for collection, connections in signed_in.items():
+            ids = {c.identity.record_id for c in connections if c.identity is not None}
+            try:
+                keys = await accounts.token_keys(collection, ids)
+            except StoreError:
+                return  # unknown is not changed: look again next round
+            for connection in connections:
+                identity = connection.identity
+                if identity is None or identity.token_key is None:
+                    continue  # signed out or re-authenticated meanwhile
+                if keys.get(identity.record_id) != identity.token_key:
+                    log.info(
+                        "signed out %s: the password of %s %s changed, or it was deleted",
+                        connection.subscriber.peer,
+                        collection,
+                        identity.record_id,
+                    )
+                    connection.identity = None
+                    connection.recheck_subscriptions()
 
     def _look_at_connections(self) -> None:
         now = time.time()
@@ -214,12 +239,11 @@ class PubSubEndpoint:
         heartbeats, self._heartbeats = self._heartbeats, None
         if heartbeats is not None:
             heartbeats.cancel()
-        loop = asyncio.get_running_loop()
-        for ws in self._connections.values():
-            self._closes[ws] = loop.create_task(
-                ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down")
-            )
-        await asyncio.gather(*self._closes.values(), return_exceptions=True)
+        sockets = list(self._connections.values())
+        await asyncio.gather(
+            *(ws.close(code=CLOSE_GOING_AWAY, message=b"server shutting down") for ws in sockets),
+            return_exceptions=True,
+        )
 
 
 class Connection:

@@ -58,6 +58,9 @@ class Identity:
     source: TokenSource
     """Where the token came from: ``header``, ``query``, ``cookie`` or ``message``."""
     refreshable: bool = True
+    token_key: str | None = None
+    """The record's token key when the token was verified: a password change replaces it,
+    and connections signed in before are signed out (``None``: an external token)."""
 
     @property
     def is_superuser(self) -> bool:
@@ -161,6 +164,7 @@ class TokenSigner:
             expires_at=float(claims["exp"]),
             source=source,
             refreshable=claims.get("refreshable") is True,
+            token_key=record.token_key,
         )
         return Verified(identity=identity, record=record)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -124,6 +124,20 @@ class AccountStore(abc.ABC):
     @abc.abstractmethod
     async def delete(self, collection: str, record_id: str) -> bool:
         """Delete a record (its tokens stop verifying); ``False`` if there was none."""
+
+    async def token_keys(self, collection: str, record_ids: Iterable[str]) -> dict[str, str]:
+        """The token key of each record of ``record_ids`` that exists, by id.
+
+        What the open connections' identities are checked against (a changed key:
+        the password changed; a missing record: deleted). One lookup per record
+        here; the SQL stores read them in one query.
+        """
+        keys: dict[str, str] = {}
+        for record_id in record_ids:
+            record = await self.find_by_id(collection, record_id)
+            if record is not None:
+                keys[record_id] = record.token_key
+        return keys
 
     @abc.abstractmethod
     async def secret(self, name: str, candidate: str) -> str:

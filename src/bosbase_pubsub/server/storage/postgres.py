@@ -50,7 +50,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -811,6 +811,17 @@ class PostgresAccounts(AccountStore):
                 f"SELECT {_RECORD_COLUMNS} FROM {table} WHERE id = $1", record_id
             )
         return self._record(collection, row)
+
+    async def token_keys(self, collection: str, record_ids: Iterable[str]) -> dict[str, str]:
+        table = self._table(collection)
+        ids = [record_id for record_id in record_ids if not _holds_nul(record_id)]
+        if not ids:
+            return {}
+        with translate_errors("find accounts"):
+            rows = await self._store.pool.fetch(
+                f'SELECT id, "tokenKey" FROM {table} WHERE id = ANY($1::text[])', ids
+            )
+        return {row["id"]: row["tokenKey"] for row in rows}
 
     async def insert(self, record: AuthRecord) -> None:
         table = self._table(record.collection)

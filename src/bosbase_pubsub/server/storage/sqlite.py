@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .base import (
     AUTH_TABLES,
@@ -101,6 +101,8 @@ def _message(row: tuple[object, ...]) -> Message:
 
 
 _RECORD_COLUMNS = "id, email, password, tokenKey, verified, emailVisibility, name, created, updated"
+_IDS_PER_QUERY = 500
+"""Record ids per query of ``token_keys`` (SQLite allows 32,766 parameters; fewer keep it quick)."""
 
 
 class SqliteStore(Store):
@@ -365,6 +367,20 @@ class SqliteAccounts(AccountStore):
             ).fetchone()
         )
         return self._record(collection, row)
+
+    async def token_keys(self, collection: str, record_ids: Iterable[str]) -> dict[str, str]:
+        table = self._table(collection)
+        ids = list(record_ids)
+        keys: dict[str, str] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            sql = f"SELECT id, tokenKey FROM {table} WHERE id IN ({','.join('?' * len(chunk))})"
+
+            def read(c: sqlite3.Connection, sql: str = sql, chunk: list[str] = chunk) -> list[Any]:
+                return c.execute(sql, chunk).fetchall()
+
+            keys.update((row[0], row[1]) for row in await self._store.run(read))
+        return keys
 
     async def insert(self, record: AuthRecord) -> None:
         table = self._table(record.collection)
