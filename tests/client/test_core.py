@@ -567,12 +567,13 @@ def test_a_new_token_goes_to_our_server_on_the_open_socket_before_later_frames()
     core.events_received()
     core.set_token("fresh", 1.0)
     publish_id = core.publish("t", 1, 1.0)
-    auth, publish = sent(core)
+    [auth] = sent(core)  # the publish waits: it must act with the identity the token gives
     assert auth == {"type": "auth", "requestId": auth["requestId"], "token": "fresh"}
-    assert publish["requestId"] == publish_id  # after the auth frame, on the same socket
     core.receive(
         frame(type="authenticated", requestId=auth["requestId"], recordId="u1", expires=9), 1.1
     )
+    [publish] = sent(core)
+    assert publish["requestId"] == publish_id  # then on the same socket
     assert core.server_renews_tokens is True
     assert of_type(core.events_received(), CloseSocket) == []  # no reconnect
     assert core.is_connected
@@ -581,6 +582,27 @@ def test_a_new_token_goes_to_our_server_on_the_open_socket_before_later_frames()
     core.connection_lost(None, 2.0, code=1006)
     core.tick(5.0)
     assert dict(core.start_connecting(5.0).headers)["Authorization"] == "fresh"
+
+
+def test_a_request_made_after_a_refused_token_goes_on_the_reconnect_not_the_old_identity() -> None:
+    core = make_core(token="old")
+    core.subscribe("t", "h", 0.0)
+    ack_subscribes(core, connect_to_ours(core))
+    core.events_received()
+    core.set_token("not-a-token", 1.0)
+    publish_id = core.publish("t", 1, 1.0)
+    [auth] = sent(core)
+    core.receive(
+        frame(type="error", requestId=auth["requestId"], message="invalid or expired auth token"),
+        1.1,
+    )
+    assert sent(core) == []  # not on the socket that still has the old identity
+    assert CloseSocket(1000, "reconnecting with a new identity") in core.events_received()
+    core.connection_lost(None, 1.2)
+    handshake = core.start_connecting(1.2)
+    assert dict(handshake.headers)["Authorization"] == "not-a-token"
+    core.receive(frame(type="ready", clientId="c2", position="e:0"), 1.3)
+    assert publish_id in [f.get("requestId") for f in sent(core)]
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,9 @@ class PubSubCore:
         """The wildcard subscriptions among ``_topics`` (a message goes to each that matches)."""
         self._requests: dict[str, Request] = {}
         self._queue: dict[str, Request] = {}
+        self._auth_waiting: str | None = None
+        """The ``auth`` frame in flight: requests made after it wait for its answer, so
+        that they act with the identity it gives (or go on the reconnect if refused)."""
         self._deadlines = Deadlines()
         self._sync_waiting: set[str] = set()
         self._in_flight_publishes = 0
@@ -246,18 +249,22 @@ class PubSubCore:
         if token == self._token:
             return
         self._token = token
-        if self._can_send() and self.server_resumes and self.server_renews_tokens is not False:
+        live = self._socket_live() and not self._reconnect_pending
+        if live and self.server_resumes and self.server_renews_tokens is not False:
             fields = {"type": "auth", "requestId": self._next_id(), "token": token}
             request = self._request(
                 fields["requestId"], "auth", "", orjson.dumps(fields), now, None
             )
             self._register(request)
             self._send(request)
+            self._auth_waiting = request.id
         else:
             self._handshake_changed(now)
 
     def _token_not_renewed(self, now: float, *, unsupported: bool) -> None:
-        """An ``auth`` frame failed: hand the token over with a reconnect instead."""
+        """An ``auth`` frame failed: hand the token over with a reconnect instead (the
+        requests waiting for it go on the new socket)."""
+        self._auth_waiting = None
         if unsupported:
             self.server_renews_tokens = False
         self._handshake_changed(now)
@@ -472,6 +479,12 @@ class PubSubCore:
             if request is not None:
                 self.server_renews_tokens = True
                 self._finish(request)
+                if request.id == self._auth_waiting:
+                    self._auth_waiting = None
+                    if self._can_send():  # what waited for it goes out now, in order
+                        queue, self._queue = self._queue, {}
+                        for waiting in queue.values():
+                            self._send(waiting)
         # Anything else is from a newer server: ignored.
 
     def connection_failed(self, error: BosBaseError, now: float) -> None:
@@ -490,6 +503,7 @@ class PubSubCore:
         if self.state in (State.IDLE, State.WAITING):
             return
         closing, self._closing = self._closing, None
+        self._auth_waiting = None  # its socket is gone: the next handshake carries the token
         was_closed = self.state is State.CLOSED
         established = self.state in (State.SYNCING, State.OPEN)
         self.state = State.WAITING  # while the in-flight requests are sorted out
@@ -888,7 +902,7 @@ class PubSubCore:
     # --- connection -------------------------------------------------------------------
 
     def _can_send(self) -> bool:
-        return self._socket_live() and not self._reconnect_pending
+        return self._socket_live() and not self._reconnect_pending and self._auth_waiting is None
 
     def _socket_live(self) -> bool:
         return self.state in (State.SYNCING, State.OPEN) and self._closing is None
