@@ -182,9 +182,11 @@ def parse_request(frame: str | bytes) -> Request:
             return RequestError(request_id, ERR_KEY_TOO_LONG)
         if "\x00" in key:
             return RequestError(request_id, ERR_KEY_NUL)
-        data = publish_payload(envelope, raw)
+        data = encode_payload(envelope.get("data"), limit=MAX_STORED_PAYLOAD_BYTES)
         if isinstance(data, str):
             return RequestError(request_id, data)
+        if len(raw) > MAX_PAYLOAD_BYTES and raw_data_too_large(envelope, raw):
+            return RequestError(request_id, ERR_PAYLOAD_TOO_LARGE)
         return Publish(request_id, topic, data, key)
     if kind == "ping":
         return Ping(request_id)
@@ -305,18 +307,28 @@ def publish_payload(envelope: dict[str, Any], raw: bytes) -> bytes | str:
     """The compact ``data`` of a publish envelope (decoded from ``raw``), or the error.
 
     The contract limits the raw ``data``, as sent: over ``MAX_PAYLOAD_BYTES`` it
-    is ``payload too large``, whitespace and escapes in it counted. Only a frame
-    larger than the limit can hold such data, so only those are measured.
+    is ``payload too large`` (``raw_data_too_large``); what is stored is its
+    compact form, up to ``MAX_STORED_PAYLOAD_BYTES``.
     """
     data = encode_payload(envelope.get("data"), limit=MAX_STORED_PAYLOAD_BYTES)
-    if isinstance(data, bytes) and len(raw) > MAX_PAYLOAD_BYTES:
-        size = _raw_data_size(raw)
-        if size is None:  # unreadable this way: bound it by the rest of the envelope
-            rest = encode_payload({k: v for k, v in envelope.items() if k != "data"})
-            size = len(raw) - (len(rest) if isinstance(rest, bytes) else 2)
-        if size > MAX_PAYLOAD_BYTES:
-            return ERR_PAYLOAD_TOO_LARGE
+    if (
+        isinstance(data, bytes)
+        and len(raw) > MAX_PAYLOAD_BYTES
+        and raw_data_too_large(envelope, raw)
+    ):
+        return ERR_PAYLOAD_TOO_LARGE
     return data
+
+
+def raw_data_too_large(envelope: dict[str, Any], raw: bytes) -> bool:
+    """Whether the ``data`` of ``raw`` (decoded: ``envelope``) is over the contract's limit
+    as sent, whitespace and escapes in it counted. Only a frame larger than the limit
+    can hold such data: call it for those."""
+    size = _raw_data_size(raw)
+    if size is None:  # unreadable this way: bound it by the rest of the envelope
+        rest = encode_payload({k: v for k, v in envelope.items() if k != "data"})
+        size = len(raw) - (len(rest) if isinstance(rest, bytes) else 2)
+    return size > MAX_PAYLOAD_BYTES
 
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
