@@ -259,13 +259,22 @@ envelopes = st.dictionaries(
 def _check(request: protocol.Request) -> None:
     assert isinstance(request, (Ping, Subscribe, Unsubscribe, Publish, Auth, RequestError))
     if isinstance(request, RequestError):
-        assert request.message in protocol.CONTRACT_ERRORS | {protocol.ERR_KEY_TOO_LONG}
+        assert request.message in protocol.CONTRACT_ERRORS | OUR_PARSE_ERRORS
     if isinstance(request, Publish):
         assert request.topic
         assert request.topic == request.topic.strip()
+        assert "\x00" not in request.topic + request.key  # no store's text refuses them
         json.loads(request.data)  # the stored payload is always valid JSON
-        assert len(request.data) <= protocol.MAX_PAYLOAD_BYTES
+        assert len(request.data) <= protocol.MAX_STORED_PAYLOAD_BYTES
         assert len(request.key) <= protocol.MAX_KEY_LENGTH
+
+
+OUR_PARSE_ERRORS = {
+    protocol.ERR_KEY_TOO_LONG,
+    protocol.ERR_TOPIC_NUL,
+    protocol.ERR_KEY_NUL,
+    protocol.ERR_PAYLOAD_TOO_DEEP,
+}
 
 
 @settings(max_examples=500, deadline=None)
