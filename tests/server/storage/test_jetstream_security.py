@@ -1,15 +1,21 @@
 """The JetStream store on a secured NATS server: TLS (a private CA, client certificates),
-NKEY and token sign-in, and a refusal to fall back to plain text.
+NKEY, ``.creds`` (decentralized JWT) and token sign-in, and a refusal to fall back to
+plain text.
 
 Each server is a ``nats-server`` of this module's own (``NatsProcess``), configured
-with certificates made here by ``cryptography`` and NKEYs made by ``nkeys``.
+with certificates made here by ``cryptography`` and NKEYs made by ``nkeys``; the
+operator, account and user JWTs of the ``.creds`` server are signed here with those
+NKEYs, as ``nsc`` would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
+import hashlib
 import ipaddress
+import json
 import secrets
 import time
 from collections.abc import Iterator
@@ -166,6 +172,91 @@ def user_nkey(tmp_path_factory: pytest.TempPathFactory) -> Nkey:
 @pytest.fixture(scope="module")
 def stranger_nkey(tmp_path_factory: pytest.TempPathFactory) -> Nkey:
     return _nkey(tmp_path_factory.mktemp("nkeys"), "stranger")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _key_pair(prefix: int) -> tuple[bytes, str, nkeys.KeyPair]:
+    seed = nkeys.encode_seed(secrets.token_bytes(32), prefix)
+    pair = nkeys.from_seed(seed)
+    return seed, pair.public_key.decode(), pair
+
+
+def _nats_jwt(claims: dict[str, object], signer: nkeys.KeyPair) -> str:
+    """A NATS JWT (``alg: ed25519-nkey``) of ``claims``, signed by ``signer``."""
+    claims = {**claims, "iat": int(time.time())}
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).digest()
+    claims["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    signed = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    signed += "." + _b64(json.dumps(claims).encode())
+    return signed + "." + _b64(signer.sign(signed.encode()))
+
+
+@dataclass(frozen=True)
+class Decentralized:
+    """An operator with a system account and an application account (JetStream on)."""
+
+    config: str
+    account: nkeys.KeyPair
+    account_public: str
+    other_account: nkeys.KeyPair
+    other_account_public: str
+
+    def creds(self, folder: Path, name: str, *, signer: nkeys.KeyPair, issuer: str) -> Path:
+        seed, public, _pair = _key_pair(nkeys.PREFIX_BYTE_USER)
+        nats = {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user"}
+        claims = {"iss": issuer, "sub": public, "name": name, "nats": {**nats, "version": 2}}
+        user = _nats_jwt(claims, signer)
+        path = folder / f"{name}.creds"
+        path.write_text(
+            f"-----BEGIN NATS USER JWT-----\n{user}\n------END NATS USER JWT------\n\n"
+            f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+        )
+        return path
+
+
+@pytest.fixture(scope="module")
+def decentralized(tmp_path_factory: pytest.TempPathFactory) -> Decentralized:
+    folder = tmp_path_factory.mktemp("operator")
+    _, operator_public, operator = _key_pair(nkeys.PREFIX_BYTE_OPERATOR)
+    _, system_public, _system = _key_pair(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, account_public, account = _key_pair(nkeys.PREFIX_BYTE_ACCOUNT)
+    _, other_public, other = _key_pair(nkeys.PREFIX_BYTE_ACCOUNT)  # known to nobody
+    limits: dict[str, int | bool] = dict.fromkeys(
+        ("subs", "data", "payload", "imports", "exports", "conn", "leaf"), -1
+    )
+    limits["wildcards"] = True
+    jetstream: dict[str, int | bool] = dict.fromkeys(
+        ("mem_storage", "disk_storage", "streams", "consumer"), -1
+    )
+
+    def account_jwt(public: str, name: str, extra: dict[str, int | bool]) -> str:
+        nats = {"limits": {**limits, **extra}, "type": "account", "version": 2}
+        return _nats_jwt(
+            {"iss": operator_public, "sub": public, "name": name, "nats": nats}, operator
+        )
+
+    operator_claims = {
+        "iss": operator_public,
+        "sub": operator_public,
+        "name": "test operator",
+        "nats": {"type": "operator", "version": 2, "system_account": system_public},
+    }
+    (folder / "operator.jwt").write_text(_nats_jwt(operator_claims, operator))
+    config = (
+        f'operator: "{folder / "operator.jwt"}"\nsystem_account: {system_public}\n'
+        "resolver: MEMORY\nresolver_preload: {\n"
+        f'  {system_public}: "{account_jwt(system_public, "SYS", {})}"\n'
+        f'  {account_public}: "{account_jwt(account_public, "app", jetstream)}"\n}}\n'
+    )
+    return Decentralized(config, account, account_public, other, other_public)
+
+
+@pytest.fixture(scope="module")
+def decentralized_server(decentralized: Decentralized) -> Iterator[NatsProcess]:
+    yield from _own_server(decentralized.config)
 
 
 def _own_server(config: str) -> Iterator[NatsProcess]:
@@ -357,6 +448,30 @@ async def test_a_reconnect_to_a_server_without_tls_gives_the_connection_up(
                 await store.positions()
         finally:
             await store.close()
+
+
+async def test_a_creds_file_signs_in_and_one_of_an_unknown_account_is_refused(
+    decentralized_server: NatsProcess, decentralized: Decentralized, tmp_path: Path
+) -> None:
+    good = decentralized.creds(
+        tmp_path, "node", signer=decentralized.account, issuer=decentralized.account_public
+    )
+    await _stores_and_reads_back(_url("nats", decentralized_server, creds=good))
+    stranger = decentralized.creds(
+        tmp_path,
+        "stranger",
+        signer=decentralized.other_account,
+        issuer=decentralized.other_account_public,
+    )
+    problem = await _refused(_url("nats", decentralized_server, creds=stranger))
+    assert "authorization violation" in problem.lower()
+
+
+def test_nkey_and_creds_do_not_go_together(user_nkey: Nkey, tmp_path: Path) -> None:
+    creds = tmp_path / "user.creds"
+    creds.write_text("")
+    with pytest.raises(ValueError, match="nkey or creds, not both"):
+        parse_url(f"nats://h?nkey={user_nkey.seed_file}&creds={creds}")
 
 
 async def test_a_token_signs_in_and_a_wrong_one_is_refused(token_server: NatsProcess) -> None:

@@ -62,8 +62,9 @@ _QUERY_KEYS = (
     "tls_cert",
     "tls_key",
     "nkey",
+    "creds",
 )
-_FILE_KEYS = ("tls_ca", "tls_cert", "tls_key", "nkey")
+_FILE_KEYS = ("tls_ca", "tls_cert", "tls_key", "nkey", "creds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,8 @@ class JetStreamSettings:
     """A ``nats://`` store URL, read: where the server is, how to sign in, the store's name.
 
     ``nats://[USER:PASSWORD@ | TOKEN@]HOST[:PORT][?stream=NAME&subjects=PREFIX&max_age=24h
-    &duplicate_window=24h&replicas=1&tls_ca=FILE&tls_cert=FILE&tls_key=FILE&nkey=FILE]``;
+    &duplicate_window=24h&replicas=1&tls_ca=FILE&tls_cert=FILE&tls_key=FILE&nkey=FILE
+    &creds=FILE]``;
     ``tls://`` instead of ``nats://``, or any ``tls_`` option, makes TLS required.
     """
 
@@ -93,6 +95,8 @@ class JetStreamSettings:
     tls_key: str | None = None
     nkey: str | None = None
     """File holding the NKEY seed (``SU...``) to sign in with."""
+    creds: str | None = None
+    """A ``.creds`` file (a user JWT and its NKEY seed: decentralized authentication)."""
 
     @property
     def where(self) -> str:
@@ -166,6 +170,8 @@ def parse_url(url: str) -> JetStreamSettings:
             raise ValueError(f"invalid nats URL {url!r}: {key}: no such file {path!r}")
     if ("tls_cert" in files) != ("tls_key" in files):
         raise ValueError(f"invalid nats URL {url!r}: tls_cert and tls_key go together")
+    if "nkey" in files and "creds" in files:
+        raise ValueError(f"invalid nats URL {url!r}: nkey or creds, not both")
     tls = parts.scheme == "tls" or any(key.startswith("tls_") for key in files)
     netloc = parts.netloc.rsplit("@", 1)
     host = f"{parts.hostname}:{port or 4222}"
@@ -186,11 +192,12 @@ def parse_url(url: str) -> JetStreamSettings:
         tls_cert=files.get("tls_cert"),
         tls_key=files.get("tls_key"),
         nkey=files.get("nkey"),
+        creds=files.get("creds"),
     )
 
 
 def connect_options(settings: JetStreamSettings) -> dict[str, Any]:
-    """The security options of ``nats.connect`` for ``settings``: TLS and NKEY sign-in.
+    """The security options of ``nats.connect`` for ``settings``: TLS, NKEY or creds sign-in.
 
     Raises ``StoreError`` when a certificate or key file cannot be read.
     """
@@ -205,6 +212,8 @@ def connect_options(settings: JetStreamSettings) -> dict[str, Any]:
         options["tls"] = context
     if settings.nkey is not None:
         options["nkeys_seed"] = settings.nkey
+    if settings.creds is not None:
+        options["user_credentials"] = settings.creds
     return options
 
 
