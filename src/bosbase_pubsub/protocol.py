@@ -143,7 +143,7 @@ def parse_request(frame: str | bytes) -> Request:
     Never raises: a frame that is not a JSON object with string fields gives
     ``RequestError(message=ERR_INVALID_FORMAT)`` without a request id.
     """
-    raw = frame.encode() if isinstance(frame, str) else frame
+    raw = frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
     envelope, exotic = _decode(raw)
     if not isinstance(envelope, dict):
         return RequestError("", ERR_INVALID_FORMAT)
@@ -251,9 +251,15 @@ def is_unicode(text: str) -> bool:
     return True
 
 
+def _utf8(frame: str | bytes) -> bytes:
+    # ``surrogatepass``: a str holding a lone surrogate gives bytes no decoder takes,
+    # instead of an exception (a socket library hands over valid text anyway).
+    return frame.encode("utf-8", "surrogatepass") if isinstance(frame, str) else frame
+
+
 def decode_json(frame: str | bytes) -> Any:
     """Decode JSON text, or return a sentinel that is no JSON value (never raises)."""
-    return _decode(frame.encode() if isinstance(frame, str) else frame)[0]
+    return _decode(_utf8(frame))[0]
 
 
 def _decode(raw: bytes) -> tuple[Any, bool]:
