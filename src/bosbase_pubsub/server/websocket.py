@@ -121,7 +121,7 @@ class PubSubEndpoint:
         self.node_id = node_id
         self.heartbeat = heartbeat
         self.closing = False
-        """Set when the node shuts down: publishes from then on are refused, not queued."""
+        """Set when the node shuts down: publishes from then on are neither stored nor answered."""
         self._per_address: Counter[str] = Counter()
         self._connections: dict[Connection, web.WebSocketResponse] = {}
         """Every connection being served, with its socket."""
@@ -191,22 +191,20 @@ class PubSubEndpoint:
 
     async def _check_accounts(self) -> None:
         """Sign out the connections whose account's token key changed or is gone."""
-        signed_in: dict[str, list[Connection]] = {}
+        signed_in: dict[str, list[tuple[Connection, Identity]]] = {}
         for connection in self._connections:
             identity = connection.identity
             if identity is not None and identity.token_key is not None:
-                signed_in.setdefault(identity.collection_name, []).append(connection)
+                signed_in.setdefault(identity.collection_name, []).append((connection, identity))
         accounts = self.authenticator.accounts
-        for collection, connections in signed_in.items():
-            ids = {c.identity.record_id for c in connections if c.identity is not None}
+        for collection, pairs in signed_in.items():
             try:
-                keys = await accounts.token_keys(collection, ids)
+                keys = await accounts.token_keys(collection, {i.record_id for _, i in pairs})
             except StoreError:
                 return  # unknown is not changed: look again next round
-            for connection in connections:
-                identity = connection.identity
-                if identity is None or identity.token_key is None:
-                    continue  # signed out or re-authenticated meanwhile
+            for connection, identity in pairs:
+                if connection.identity is not identity:
+                    continue  # signed out, or a new token, while the keys were read
                 if keys.get(identity.record_id) != identity.token_key:
                     log.info(
                         "signed out %s: the password of %s %s changed, or it was deleted",
