@@ -213,6 +213,37 @@ async def test_accounts_are_listed_newest_first_counted_and_deleted(store: Store
     assert await accounts.count("users") == 2
 
 
+async def test_token_keys_follow_password_changes_and_deletions(store: Store) -> None:
+    accounts = store.accounts
+    ids = [f"user{n:011d}" for n in range(3)]
+    for n, record_id in enumerate(ids):
+        await accounts.insert(
+            AuthRecord(
+                id=record_id,
+                collection="users",
+                email=f"k{n}@example.com",
+                password_hash="x",
+                token_key=f"key{n}",
+                verified=False,
+                email_visibility=False,
+                name="",
+                created="2030-01-01 00:00:00.000Z",
+                updated="2030-01-01 00:00:00.000Z",
+            )
+        )
+    asked = [*ids, "nobody000000000", "nul\x00id"]
+    assert await accounts.token_keys("users", asked) == {
+        ids[0]: "key0",
+        ids[1]: "key1",
+        ids[2]: "key2",
+    }
+    await accounts.update_password("users", ids[0], "y", "changed", "2030-01-02 00:00:00.000Z")
+    assert await accounts.delete("users", ids[1])
+    assert await accounts.token_keys("users", ids) == {ids[0]: "changed", ids[2]: "key2"}
+    assert await accounts.token_keys("_superusers", ids) == {}
+    assert await accounts.token_keys("users", []) == {}
+
+
 async def test_node_reports_are_seen_until_forgotten(store: Store) -> None:
     await store.report_node("node-a", b'{"connections":3}')
     assert await store.node_reports(60) == {"node-a": b'{"connections":3}'}
