@@ -36,6 +36,7 @@ import orjson
 from bosbase_pubsub.server.hub import Hub, Subscriber
 from bosbase_pubsub.server.metrics import Metrics
 from bosbase_pubsub.server.storage import Message
+from bosbase_pubsub.topics import is_pattern, subscription_key
 
 from .common import Json, machine_info, print_table
 
@@ -77,7 +78,8 @@ def run_once(workload: str, args: argparse.Namespace, seed: int) -> Json:
         transport = CountingTransport()
         transports.append(transport)
         subscriber = Subscriber(f"c{k}", cast(asyncio.Transport, transport), "bench")
-        hub.subscribe(subscriber, subscription(workload, k))
+        topic = subscription(workload, k)
+        hub.subscribe(subscriber, subscription_key(topic, is_pattern(topic)))
     rng = random.Random(seed)
     data = orjson.dumps({"x": "a" * max(0, args.payload - 8)})
     batches = []

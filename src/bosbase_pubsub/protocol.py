@@ -15,7 +15,8 @@ Rules kept here (the contract's, exactly):
   256 KiB.
 
 Extensions (ours, see ``docs/reference/resume.md``): a ``subscribe`` may carry
-``since`` (a position), a ``publish`` may carry ``key`` (idempotence), and
+``since`` (a position) and, with ``unsubscribe``, ``pattern`` (``true``: the
+topic is a wildcard pattern), a ``publish`` may carry ``key`` (idempotence), and
 ``message``, ``published`` and ``subscribed`` may carry ``position`` (and
 ``subscribed`` a ``replay`` status). Frames without them are exactly the
 contract's.
@@ -99,6 +100,8 @@ class Subscribe:
     topic: str
     since: str = ""
     """The position to resume after (ours: ``EPOCH:SEQ``, opaque to clients); empty: none."""
+    pattern: bool = False
+    """Ours (``"pattern": true``): ``topic`` is a pattern of ``*`` and ``**`` segments."""
 
 
 @dataclass(slots=True)
@@ -106,6 +109,8 @@ class Unsubscribe:
     request_id: str
     topic: str
     """The topic to leave; empty means every topic."""
+    pattern: bool = False
+    """Ours: ``topic`` names a pattern subscription (as subscribed with ``"pattern": true``)."""
 
 
 @dataclass(slots=True)
@@ -195,15 +200,16 @@ def parse_request(frame: str | bytes) -> Request:
             return RequestError(request_id, ERR_TOPIC_REQUIRED)
         if "\x00" in topic:
             return RequestError(request_id, ERR_TOPIC_NUL)
+        pattern = envelope.get("pattern") is True
         since = envelope.get("since")
         if since is None or since == "":
-            return Subscribe(request_id, topic)
+            return Subscribe(request_id, topic, "", pattern)
         if not isinstance(since, str):
             return RequestError(request_id, ERR_INVALID_FORMAT)
         # A malformed position is not an error: the ack says ``unknown``.
-        return Subscribe(request_id, topic, since.strip())
+        return Subscribe(request_id, topic, since.strip(), pattern)
     if kind == "unsubscribe":
-        return Unsubscribe(request_id, topic)
+        return Unsubscribe(request_id, topic, envelope.get("pattern") is True)
     if kind == "auth":
         token = envelope.get("token")
         token = "" if token is None else token

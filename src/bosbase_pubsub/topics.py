@@ -9,10 +9,19 @@ Shared by the server (subscriptions, topic rules, replays) and the SDK
   last segment that is exactly ``**`` matches one or more segments, so
   ``chat/**`` matches ``chat/a`` and ``chat/a/b`` but not ``chat``, and
   ``**`` alone matches every topic. Every other segment matches itself.
-* ``*`` is reserved: a segment holding ``*`` must be ``*`` or ``**``, ``**``
-  only last (``check_pattern``); a published topic holds no ``*`` at all
-  (``check_publish_topic``), so a message topic is always literal.
-* A pattern without wildcard segments is a plain topic (``is_pattern``).
+* A subscription is a pattern only when the client says so (``"pattern":
+  true`` on the wire: ours, so that a client that knows nothing of patterns
+  gets plain topics, ``*`` included, as the contract has them). Then a
+  segment holding ``*`` must be ``*`` or ``**``, ``**`` only last
+  (``check_pattern``). A message topic is always literal, stars included:
+  a ``*`` segment in it is matched by wildcards, never by a literal ``*``.
+* On the server a subscription is named by a key: the topic itself for a
+  plain topic, ``PATTERN_MARK`` and the pattern for a pattern
+  (``subscription_key``), so that ``a/*`` the topic and ``a/*`` the pattern
+  are two subscriptions. NUL is refused in topics, so no topic looks like a
+  pattern's key.
+* ``is_pattern`` says whether a text has wildcard segments (the SDK, which
+  takes such a text as a pattern, and the topic rules use it).
 
 ``PatternTrie`` finds the subscriptions a message topic matches in a few
 dict lookups per segment, whatever the number of patterns.
@@ -29,7 +38,9 @@ DEEP: Final = "**"
 """The last segment matching one or more segments."""
 
 ERR_BAD_PATTERN: Final = "invalid topic pattern (* and ** must be whole segments, ** only last)"
-ERR_PUBLISH_WILDCARD: Final = "cannot publish to a topic holding * (it is reserved for patterns)"
+
+PATTERN_MARK: Final = "\x00"
+"""Starts the server's key of a pattern subscription (``subscription_key``)."""
 
 Segments = tuple[str, ...]
 
@@ -56,9 +67,19 @@ def check_pattern(pattern: str) -> str | None:
     return None
 
 
-def check_publish_topic(topic: str) -> str | None:
-    """The error a publish topic earns (``ERR_PUBLISH_WILDCARD``), or ``None``."""
-    return ERR_PUBLISH_WILDCARD if ONE in topic else None
+def subscription_key(topic: str, pattern: bool) -> str:
+    """The server's name of a subscription to ``topic``, a pattern or a plain topic."""
+    return PATTERN_MARK + topic if pattern else topic
+
+
+def is_pattern_key(key: str) -> bool:
+    """Whether a subscription key (``subscription_key``) names a pattern."""
+    return key.startswith(PATTERN_MARK)
+
+
+def key_topic(key: str) -> str:
+    """The topic or pattern a subscription key names, as the client wrote it."""
+    return key[1:] if key.startswith(PATTERN_MARK) else key
 
 
 def split(topic: str) -> Segments:

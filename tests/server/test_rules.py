@@ -20,6 +20,7 @@ import pytest
 from bosbase_pubsub.protocol import ERR_FORBIDDEN
 from bosbase_pubsub.server.auth import Identity
 from bosbase_pubsub.server.rules import Rules, RulesError, load_rules
+from bosbase_pubsub.topics import is_pattern, subscription_key
 
 from ..conftest import SUPERUSER_EMAIL, SUPERUSER_PASSWORD, StartServer
 from ..servers import WsClient, cli, sign_in
@@ -91,22 +92,24 @@ def rules(tmp_path_factory: pytest.TempPathFactory) -> Rules:
         # No rule: [defaults].
         ("elsewhere", (None, ""), False, False),
         ("elsewhere", ("users", "bob"), True, True),
-        # Wildcard subscriptions: allowed only if every topic they can match is.
-        ("user/alice/*", ("users", "alice"), True, False),  # publish: * is never a topic
-        ("user/*/inbox", ("users", "alice"), False, False),  # other users' inboxes
-        ("user/*/inbox", ("_superusers", "root"), True, False),
-        ("staff/*", ("staff", "carol"), True, False),
-        ("staff/**", ("staff", "carol"), True, False),  # staff/x/y falls to the defaults
+        # Wildcard subscriptions (subscribed as patterns): allowed only if every topic
+        # they can match is. Published, the same text is a plain topic, * a character.
+        ("user/alice/*", ("users", "alice"), True, True),
+        ("user/*/inbox", ("users", "alice"), False, False),  # other users' inboxes; user "*"
+        ("user/*/inbox", ("_superusers", "root"), True, True),
+        ("staff/*", ("staff", "carol"), True, True),
+        ("staff/**", ("staff", "carol"), True, True),  # staff/x/y falls to the defaults
         ("staff/**", (None, ""), False, False),
-        ("**", ("users", "bob"), False, False),  # other users' inboxes are in it
-        ("**", ("_superusers", "root"), True, False),
+        ("**", ("users", "bob"), False, True),  # other users' inboxes are in the pattern
+        ("**", ("_superusers", "root"), True, True),
     ],
 )
 def test_the_decision_table(
     rules: Rules, topic: str, who: tuple[str | None, str], subscribe: bool, publish: bool
 ) -> None:
     person = identity(who[0], who[1])
-    assert rules.may_subscribe(person, topic) is subscribe
+    key = subscription_key(topic, is_pattern(topic))
+    assert rules.may_subscribe(person, key) is subscribe
     assert rules.may_publish(person, topic) is publish
 
 

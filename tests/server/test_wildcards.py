@@ -5,7 +5,9 @@ of a larger one (``matches``, ``contains``, ``overlaps``, ``PatternTrie`` and
 the rules' "a pattern is allowed only if all its topics are" agree with
 brute force). On the shared server (each backend): a message reaches a
 connection once however many of its subscriptions match, in order, and a
-pattern subscription resumes with no gap and no duplicate.
+pattern subscription resumes with no gap and no duplicate. A subscription is a
+pattern only with ``"pattern": true`` (ours): without it, ``*`` is a character
+like any other, in subscribe and in publish, as the contract has topics.
 """
 
 from __future__ import annotations
@@ -99,13 +101,15 @@ def test_a_pattern_is_allowed_only_if_every_topic_it_matches_is(tmp_path: Path) 
     allowed_some = 0
     for who in (None, me, other, boss):
         for pattern in PATTERNS:
-            if rules.may_subscribe(who, pattern):
+            if rules.may_subscribe(who, topics.subscription_key(pattern, True)):
                 allowed_some += 1
                 # Sound: nothing the pattern matches is refused on its own.
                 assert all(rules.may_subscribe(who, t) for t in MATCHED[pattern]), (who, pattern)
     assert allowed_some > 10  # and not vacuous
-    assert rules.may_subscribe(me, "a/a/*")
-    assert not rules.may_subscribe(me, "a/*/a")  # other users' topics are in it
+    assert rules.may_subscribe(me, topics.subscription_key("a/a/*", True))
+    # Other users' topics are in it; the plain topic "a/*/a" is not one of them.
+    assert not rules.may_subscribe(me, topics.subscription_key("a/*/a", True))
+    assert not rules.may_subscribe(me, "a/*/a")  # owned by the user "*": nobody
 
 
 # --- on a server ----------------------------------------------------------------------------
@@ -124,6 +128,10 @@ def seq(position: str) -> int:
     return int(position.rsplit(":", 1)[1])
 
 
+async def subscribe_pattern(client: WsClient, pattern: str, **fields: Any) -> dict[str, Any]:
+    return await client.request("subscribe", topic=pattern, pattern=True, **fields)
+
+
 async def test_one_delivery_per_connection_however_many_subscriptions_match(
     shared_server: ServerProcess, superuser_token: str
 ) -> None:
@@ -131,8 +139,9 @@ async def test_one_delivery_per_connection_however_many_subscriptions_match(
     both = await WsClient.connect(shared_server.ws_url)
     exact = await WsClient.connect(shared_server.ws_url)
     try:
-        for topic in ("wc1/*", "wc1/**", "wc1/a", "*/a"):
-            assert (await both.subscribe(topic))["type"] == "subscribed"
+        for pattern in ("wc1/*", "wc1/**", "*/a"):
+            assert (await subscribe_pattern(both, pattern))["type"] == "subscribed"
+        assert (await both.subscribe("wc1/a"))["type"] == "subscribed"
         assert (await exact.subscribe("wc1/a"))["type"] == "subscribed"
         sent = []
         for topic in ("wc1/a", "wc1/a/b", "wc1x", "wc1", "wc1/b", "wc2/a"):
@@ -142,8 +151,8 @@ async def test_one_delivery_per_connection_however_many_subscriptions_match(
         assert [m["id"] for m in received] == wanted  # each once, in order
         assert (await exact.next_message())["topic"] == "wc1/a"
         # Leaving a pattern leaves only it.
-        await both.request("unsubscribe", topic="wc1/**")
-        await both.request("unsubscribe", topic="*/a")
+        await both.request("unsubscribe", topic="wc1/**", pattern=True)
+        await both.request("unsubscribe", topic="*/a", pattern=True)
         deep = await publisher.publish("wc1/a/b", "gone")
         last = await publisher.publish("wc1/a", "kept")
         assert (await both.next_message())["id"] == last["id"]
@@ -163,7 +172,7 @@ async def test_a_batch_reaches_a_pattern_in_seq_order(
     ]
     subscriber = await WsClient.connect(shared_server.ws_url)
     try:
-        assert (await subscriber.subscribe("wcb/**"))["type"] == "subscribed"
+        assert (await subscribe_pattern(subscriber, "wcb/**"))["type"] == "subscribed"
         assert (await subscriber.subscribe("wcb/a"))["type"] == "subscribed"
         # Concurrent publishers on several topics: group commits put many in one batch.
         acks = await asyncio.gather(
@@ -183,29 +192,58 @@ async def test_a_batch_reaches_a_pattern_in_seq_order(
             await client.close()
 
 
-async def test_wildcards_are_refused_where_they_mean_nothing(
+async def test_a_malformed_pattern_is_refused(
     shared_server: ServerProcess, superuser_token: str
 ) -> None:
     client = await WsClient.connect(shared_server.ws_url, token=superuser_token)
     try:
         for bad in ("wc/**/x", "wc*", "wc/a**"):
-            reply = await client.subscribe(bad)
+            reply = await subscribe_pattern(client, bad)
             assert (reply["type"], reply["message"]) == ("error", topics.ERR_BAD_PATTERN)
-        reply = await client.publish("wc/*", 1)
-        assert (reply["type"], reply["message"]) == ("error", topics.ERR_PUBLISH_WILDCARD)
+        assert (await client.request("ping"))["type"] == "pong"
+    finally:
+        await client.close()
+
+
+async def test_without_the_pattern_flag_a_star_is_a_plain_character(
+    shared_server: ServerProcess, superuser_token: str
+) -> None:
+    # What an official SDK sends: topics with * are topics, subscribed and published
+    # as such, and a subscription to "wcl/*" is not one to every wcl/ topic.
+    publisher = await WsClient.connect(shared_server.ws_url, token=superuser_token)
+    plain = await WsClient.connect(shared_server.ws_url)
+    pattern = await WsClient.connect(shared_server.ws_url)
+    try:
+        for topic in ("wcl/*", "deals*", "wcl/**"):
+            assert (await plain.subscribe(topic))["type"] == "subscribed"
+        assert (await subscribe_pattern(pattern, "wcl/*"))["type"] == "subscribed"
+        other = await publisher.publish("wcl/a", "a")
+        star = await publisher.publish("wcl/*", "star")
+        deals = await publisher.publish("deals*", "deals")
+        assert {ack["type"] for ack in (other, star, deals)} == {"published"}
         async with (
             aiohttp.ClientSession() as session,
             session.post(
                 f"{shared_server.url}/api/pubsub/publish",
-                json={"topic": "wc/**", "data": 1},
+                json={"topic": "wcl/**", "data": "deep"},
                 headers={"Authorization": superuser_token},
             ) as response,
         ):
-            assert response.status == 400
-            assert (await response.json())["message"] == topics.ERR_PUBLISH_WILDCARD
-        assert (await client.request("ping"))["type"] == "pong"
+            assert response.status == 200
+            deep = await response.json()
+        assert [m["id"] for m in await drain(plain, 3)] == [star["id"], deals["id"], deep["id"]]
+        # The pattern takes every one-segment topic under wcl/, "*" and "**" included.
+        assert [m["id"] for m in await drain(pattern, 3)] == [other["id"], star["id"], deep["id"]]
+        await nothing_more(plain)
+        await nothing_more(pattern)
+        # The plain "wcl/*" and the pattern "wcl/*" are two subscriptions.
+        assert (await subscribe_pattern(plain, "wcl/*"))["type"] == "subscribed"
+        await plain.request("unsubscribe", topic="wcl/*")
+        again = await publisher.publish("wcl/b", "b")
+        assert (await plain.next_message())["id"] == again["id"]
     finally:
-        await client.close()
+        for client in (publisher, plain, pattern):
+            await client.close()
 
 
 @BOTH_BACKENDS
@@ -230,7 +268,7 @@ async def test_a_pattern_resumes_without_gap_or_duplicate(
         await asyncio.sleep(0.05)
         subscriber = await WsClient.connect(shared_server.ws_url)
         try:
-            ack = await subscriber.request("subscribe", topic="wcr/*", since=first["position"])
+            ack = await subscribe_pattern(subscriber, "wcr/*", since=first["position"])
             assert (ack["type"], ack["replay"]) == ("subscribed", "complete")
             await asyncio.sleep(0.3)
             stop.set()

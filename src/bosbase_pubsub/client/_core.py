@@ -76,7 +76,7 @@ import orjson
 
 from .. import protocol
 from ..protocol import decode_json  # one decoder for both sides of the wire
-from ..topics import check_pattern, matches
+from ..topics import check_pattern, is_pattern, matches
 from ._config import Reconnect, Timeouts, backoff, websocket_url
 from ._events import (
     CloseSocket,
@@ -871,9 +871,11 @@ class PubSubCore:
 
     def _send_unsubscribe(self, topic: str, now: float) -> None:
         request_id = self._next_id()
-        fields = {"type": "unsubscribe", "requestId": request_id}
+        fields: dict[str, str | bool] = {"type": "unsubscribe", "requestId": request_id}
         if topic:
             fields["topic"] = topic
+            if is_pattern(topic):
+                fields["pattern"] = True
         request = self._request(request_id, "unsubscribe", topic, orjson.dumps(fields), now, None)
         self._register(request)
         self._send(request)

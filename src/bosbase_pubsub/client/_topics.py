@@ -81,8 +81,14 @@ def check_topic(topic: object) -> str:
 
 
 def subscribe_frame(topic: str, request_id: str, since: str | None) -> bytes:
-    """The ``subscribe`` frame; ``since`` resumes after that position."""
-    fields = {"type": "subscribe", "topic": topic, "requestId": request_id}
+    """The ``subscribe`` frame; ``since`` resumes after that position.
+
+    A topic with ``*`` or ``**`` segments is subscribed as a pattern (``"pattern":
+    true``, which this server reads; without it ``*`` is a plain character).
+    """
+    fields: dict[str, str | bool] = {"type": "subscribe", "topic": topic, "requestId": request_id}
+    if is_pattern(topic):
+        fields["pattern"] = True
     if since is not None:
         fields["since"] = since
     return orjson.dumps(fields)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from .. import protocol
-from ..topics import ERR_PUBLISH_WILDCARD
 from .admin import TopicActivity, add_console
 from .auth import Authenticator, add_routes
 from .cluster import Follower, Sequencer
@@ -254,8 +253,6 @@ async def http_publish(request: web.Request) -> web.Response:
     limits = node.config.limits
     if len(topic) > limits.max_topic_length:
         return api_error(400, f"topic is too long (at most {limits.max_topic_length} characters)")
-    if "*" in topic:
-        return api_error(400, ERR_PUBLISH_WILDCARD)
     if not node.endpoint.rules.may_publish(identity, topic):
         return api_error(403, protocol.ERR_FORBIDDEN)
     key = envelope.get("key")

@@ -22,8 +22,9 @@ Invariants:
   and written after the replay, when it joins the live set, in one step. The
   hot loop pays one dict lookup per topic for this, and nothing when no
   subscription is catching up.
-* Pattern subscriptions (``chat/*``, ``chat/**``, see ``topics``) live in a
-  ``PatternTrie`` beside the exact topics. While there are none, ``deliver``
+* Pattern subscriptions (``chat/*``, ``chat/**``, see ``topics``; their keys
+  are marked, ``topics.subscription_key``) live in a ``PatternTrie`` beside
+  the exact topics, which may hold ``*`` as any other character. While there are none, ``deliver``
   is the exact-topic loop above, untouched. With some, a connection reached
   through a pattern (or catching up on one) gets each message of a batch once,
   however many of its subscriptions match, and its messages in ``seq``
@@ -41,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from websockets.frames import Close, Frame, Opcode
 
 from .. import protocol
-from ..topics import PatternTrie, is_pattern
+from ..topics import PatternTrie, is_pattern_key, key_topic
 from .metrics import Metrics
 from .storage import Message
 
@@ -191,7 +192,8 @@ class Hub:
         return len(self._topics.get(topic, ()))
 
     def subscribe(self, subscriber: Subscriber, topic: str) -> None:
-        """Add ``subscriber`` to ``topic``; a second call is a no-op."""
+        """Add ``subscriber`` to ``topic``, a subscription key (``topics.subscription_key``:
+        a pattern's is marked); a second call is a no-op."""
         if topic in subscriber.topics:
             return
         subscriber.topics.add(topic)
@@ -200,7 +202,7 @@ class Hub:
         self._metrics.subscriptions += 1
 
     def _count_pattern(self, subscriber: Subscriber, topic: str, step: int) -> None:
-        if not is_pattern(topic):
+        if not is_pattern_key(topic):
             return
         count = self._patterned.get(subscriber, 0) + step
         if count:
@@ -209,8 +211,8 @@ class Hub:
             del self._patterned[subscriber]
 
     def _join(self, subscriber: Subscriber, topic: str) -> None:
-        if is_pattern(topic):
-            self._patterns.add(topic, subscriber)
+        if is_pattern_key(topic):
+            self._patterns.add(key_topic(topic), subscriber)
         else:
             self._topics.setdefault(topic, set()).add(subscriber)
 
@@ -224,8 +226,8 @@ class Hub:
         subscriber.topics.add(topic)
         catch_up = CatchUp(subscriber, topic, after)
         self._catching_up.setdefault(topic, {})[subscriber] = catch_up
-        if is_pattern(topic):
-            self._catching_patterns.add(topic, catch_up)
+        if is_pattern_key(topic):
+            self._catching_patterns.add(key_topic(topic), catch_up)
         self._count_pattern(subscriber, topic, 1)
         self._metrics.subscriptions += 1
         return catch_up
@@ -239,7 +241,8 @@ class Hub:
         del members[subscriber]
         if not members:
             del self._catching_up[topic]
-        self._catching_patterns.remove(topic, catch_up)
+        if is_pattern_key(topic):
+            self._catching_patterns.remove(key_topic(topic), catch_up)
         frames = [frame for seq, frame in catch_up.held if seq > catch_up.after]
         catch_up.held.clear()
         if frames:
@@ -255,8 +258,8 @@ class Hub:
             if topic not in subscriber.topics:
                 continue
             subscriber.topics.discard(topic)
-            if is_pattern(topic):
-                self._patterns.remove(topic, subscriber)
+            if is_pattern_key(topic):
+                self._patterns.remove(key_topic(topic), subscriber)
             else:
                 members = self._topics.get(topic)
                 if members is not None:
@@ -266,8 +269,8 @@ class Hub:
             catching_up = self._catching_up.get(topic)
             if catching_up is not None:
                 catch_up = catching_up.pop(subscriber, None)
-                if catch_up is not None:
-                    self._catching_patterns.remove(topic, catch_up)
+                if catch_up is not None and is_pattern_key(topic):
+                    self._catching_patterns.remove(key_topic(topic), catch_up)
                 if not catching_up:
                     del self._catching_up[topic]
             self._count_pattern(subscriber, topic, -1)

@@ -33,7 +33,7 @@ import asyncio
 import logging
 
 from .. import protocol
-from ..topics import is_pattern, literal_prefix, matches, split
+from ..topics import is_pattern_key, key_topic, literal_prefix, matches, split
 from .hub import CatchUp, Hub, Subscriber, encode_text_frame
 from .metrics import Metrics
 from .storage import Store, StoreError
@@ -92,8 +92,9 @@ async def catch_up(
         subscriber.send(protocol.subscribed_frame(request_id, hub.position_text(since), status))
         threshold = hub.outbound_limit // 2
         cursor = since
-        pattern = split(topic) if is_pattern(topic) else None
-        prefix = literal_prefix(topic)
+        # ``topic`` is the subscription's key: a pattern's is marked (``topics``).
+        pattern = split(key_topic(topic)) if is_pattern_key(topic) else None
+        prefix = literal_prefix(key_topic(topic)) if pattern is not None else topic
         while cursor < live_from:
             if pattern is None:
                 page = rows = await store.read_topic(topic, cursor, live_from, REPLAY_PAGE)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..topics import DEEP, ONE, contains, is_pattern, overlaps
+from ..topics import DEEP, ONE, contains, is_pattern_key, key_topic, overlaps
 from .auth import Identity
 
 if sys.version_info >= (3, 11):
@@ -133,9 +133,9 @@ class Rules:
         return cls((), _DEFAULTS)
 
     def _decide(self, identity: Identity | None, topic: str, action: str) -> bool:
-        segments = topic.split("/")
-        if is_pattern(topic):
-            return self._decide_pattern(identity, segments, action)
+        if is_pattern_key(topic):
+            return self._decide_pattern(identity, key_topic(topic).split("/"), action)
+        segments = topic.split("/")  # a topic: a ``*`` in it is a character like any other
         for rule in self.rules:
             owner = rule.match(segments)
             if owner is None:
@@ -177,16 +177,14 @@ class Rules:
         who = self.default_subscribe if action == "subscribe" else self.default_publish
         return who.allows(identity)
 
-    def may_subscribe(self, identity: Identity | None, topic: str) -> bool:
-        return True if self.is_default else self._decide(identity, topic, "subscribe")
+    def may_subscribe(self, identity: Identity | None, key: str) -> bool:
+        """Whether ``identity`` may subscribe to ``key``, a subscription key
+        (``topics.subscription_key``: a pattern's is marked)."""
+        return True if self.is_default else self._decide(identity, key, "subscribe")
 
     def may_publish(self, identity: Identity | None, topic: str) -> bool:
-        """Whether ``identity`` (already known to be signed in) may publish on ``topic``.
-
-        Never on a pattern: a message's topic is literal (``topics``).
-        """
-        if is_pattern(topic):
-            return False
+        """Whether ``identity`` (already known to be signed in) may publish on ``topic``
+        (a topic: literal, ``*`` included)."""
         return True if self.is_default else self._decide(identity, topic, "publish")
 
 

@@ -40,7 +40,7 @@ from typing import Any, cast
 from aiohttp import WSMsgType, web
 
 from .. import protocol
-from ..topics import ERR_PUBLISH_WILDCARD, check_pattern
+from ..topics import check_pattern, key_topic, subscription_key
 from .auth import Authenticator, Identity
 from .commits import CommitQueue
 from .config import Limits
@@ -328,9 +328,10 @@ class Connection:
         elif isinstance(request, protocol.Subscribe):
             self.subscribe(request)
         elif isinstance(request, protocol.Unsubscribe):
-            topics = [request.topic] if request.topic else None
+            key = subscription_key(request.topic, request.pattern) if request.topic else None
+            topics = None if key is None else [key]
             if self.replays:
-                self.stop_replays(request.topic or None)
+                self.stop_replays(key)
             self.endpoint.hub.unsubscribe(self.subscriber, topics)
             self.reply(protocol.unsubscribed_frame(request.request_id))
         elif isinstance(request, protocol.Ping):
@@ -378,14 +379,16 @@ class Connection:
 
     def subscribe(self, request: protocol.Subscribe) -> None:
         limits = self.endpoint.limits
-        topic = request.topic
-        if len(topic) > limits.max_topic_length:
+        if len(request.topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request.request_id, err_topic_too_long(limits)))
             return
-        bad_pattern = check_pattern(topic)
-        if bad_pattern is not None:
-            self.reply(protocol.error_frame(request.request_id, bad_pattern))
-            return
+        if request.pattern:
+            bad_pattern = check_pattern(request.topic)
+            if bad_pattern is not None:
+                self.reply(protocol.error_frame(request.request_id, bad_pattern))
+                return
+        # From here on the subscription's key: a pattern's is marked (``topics``).
+        topic = subscription_key(request.topic, request.pattern)
         topics = self.subscriber.topics
         if topic not in topics and len(topics) >= limits.max_subscriptions:
             self.reply(protocol.error_frame(request.request_id, err_too_many_subscriptions(limits)))
@@ -439,13 +442,13 @@ class Connection:
             if not rules.may_subscribe(self.identity, topic):
                 self.stop_replays(topic)
                 self.endpoint.hub.unsubscribe(self.subscriber, [topic])
-                self.reply(protocol.topic_error_frame(topic, protocol.ERR_FORBIDDEN))
+                self.reply(protocol.topic_error_frame(key_topic(topic), protocol.ERR_FORBIDDEN))
 
     def _replay_done(self, topic: str, task: asyncio.Task[None]) -> None:
         if self.replays.get(topic) is task:
             del self.replays[topic]
         if not task.cancelled() and task.exception() is not None:
-            log.error("replay of %r failed", topic, exc_info=task.exception())
+            log.error("replay of %r failed", key_topic(topic), exc_info=task.exception())
 
     def publish(self, request: protocol.Publish) -> None:
         # The hot path of an acked publish: every check is inline, and the ack
@@ -464,9 +467,6 @@ class Connection:
         limits = endpoint.limits
         if len(topic) > limits.max_topic_length:
             self.reply(protocol.error_frame(request_id, err_topic_too_long(limits)))
-            return
-        if "*" in topic:
-            self.reply(protocol.error_frame(request_id, ERR_PUBLISH_WILDCARD))
             return
         rules = endpoint.rules
         if not rules.is_default and not rules.may_publish(identity, topic):
