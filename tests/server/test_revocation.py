@@ -38,6 +38,18 @@ async def _call(
         return response.status, await response.json(content_type=None)
 
 
+async def _sign_up(server: ServerProcess) -> tuple[str, str]:
+    """A ``users`` account made by sign-up: its id, and a token of its password."""
+    status, user = await _call(
+        server,
+        "POST",
+        "/api/collections/users/records",
+        {"email": EMAIL, "password": PASSWORD, "passwordConfirm": PASSWORD},
+    )
+    assert status == 200, user
+    return user["id"], http_sign_in(server.url, EMAIL, PASSWORD, collection="users")
+
+
 async def _signed_out_within(client: WsClient, seconds: float) -> bool:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -58,14 +70,7 @@ async def test_a_password_change_on_one_node_signs_out_the_old_sockets_on_every_
     nodes = [first]
     if backend != "sqlite":  # a second node on the same store
         nodes.append(start_server("--heartbeat", "1s", db_url=first.db_url))
-    status, user = await _call(
-        first,
-        "POST",
-        "/api/collections/users/records",
-        {"email": EMAIL, "password": PASSWORD, "passwordConfirm": PASSWORD},
-    )
-    assert status == 200, user
-    token = http_sign_in(first.url, EMAIL, PASSWORD, collection="users")
+    user_id, token = await _sign_up(first)
     superuser = http_sign_in(first.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
     old_sockets = [await WsClient.connect(node.ws_url, token=token) for node in nodes]
     others = [await WsClient.connect(node.ws_url, token=superuser) for node in nodes]
@@ -77,7 +82,7 @@ async def test_a_password_change_on_one_node_signs_out_the_old_sockets_on_every_
         status, body = await _call(
             first,
             "PATCH",
-            f"/api/collections/users/records/{user['id']}",
+            f"/api/collections/users/records/{user_id}",
             {"oldPassword": PASSWORD, "password": NEW_PASSWORD, "passwordConfirm": NEW_PASSWORD},
             token=token,
         )
@@ -104,18 +109,11 @@ async def test_a_password_change_on_one_node_signs_out_the_old_sockets_on_every_
 async def test_a_deleted_account_signs_out_its_sockets(start_server: StartServer) -> None:
     server = start_server("--heartbeat", "1s")
     superuser = http_sign_in(server.url, SUPERUSER_EMAIL, SUPERUSER_PASSWORD)
-    status, user = await _call(
-        server,
-        "POST",
-        "/api/collections/users/records",
-        {"email": EMAIL, "password": PASSWORD, "passwordConfirm": PASSWORD},
-    )
-    assert status == 200, user
-    token = http_sign_in(server.url, EMAIL, PASSWORD, collection="users")
+    user_id, token = await _sign_up(server)
     client = await WsClient.connect(server.ws_url, token=token)
     try:
         assert (await client.publish("revocation", "me"))["type"] == "published"
-        status, _ = await _call(server, "DELETE", f"/api/admin/users/{user['id']}", token=superuser)
+        status, _ = await _call(server, "DELETE", f"/api/admin/users/{user_id}", token=superuser)
         assert status == 204
         assert await _signed_out_within(client, 10)
     finally:
