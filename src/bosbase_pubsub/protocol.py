@@ -187,11 +187,9 @@ def parse_request(frame: str | bytes) -> Request:
             return RequestError(request_id, ERR_KEY_TOO_LONG)
         if "\x00" in key:
             return RequestError(request_id, ERR_KEY_NUL)
-        data = encode_payload(envelope.get("data"), limit=MAX_STORED_PAYLOAD_BYTES)
+        data = publish_payload(envelope, raw)
         if isinstance(data, str):
             return RequestError(request_id, data)
-        if len(raw) > MAX_PAYLOAD_BYTES and raw_data_too_large(envelope, raw):
-            return RequestError(request_id, ERR_PAYLOAD_TOO_LARGE)
         return Publish(request_id, topic, data, key)
     if kind == "ping":
         return Ping(request_id)
@@ -319,20 +317,20 @@ def publish_payload(envelope: dict[str, Any], raw: bytes) -> bytes | str:
     """The compact ``data`` of a publish envelope (decoded from ``raw``), or the error.
 
     The contract limits the raw ``data``, as sent: over ``MAX_PAYLOAD_BYTES`` it
-    is ``payload too large`` (``raw_data_too_large``); what is stored is its
+    is ``payload too large`` (``_raw_data_too_large``); what is stored is its
     compact form, up to ``MAX_STORED_PAYLOAD_BYTES``.
     """
     data = encode_payload(envelope.get("data"), limit=MAX_STORED_PAYLOAD_BYTES)
     if (
         isinstance(data, bytes)
         and len(raw) > MAX_PAYLOAD_BYTES
-        and raw_data_too_large(envelope, raw)
+        and _raw_data_too_large(envelope, raw)
     ):
         return ERR_PAYLOAD_TOO_LARGE
     return data
 
 
-def raw_data_too_large(envelope: dict[str, Any], raw: bytes) -> bool:
+def _raw_data_too_large(envelope: dict[str, Any], raw: bytes) -> bool:
     """Whether the ``data`` of ``raw`` (decoded: ``envelope``) is over the contract's limit
     as sent, whitespace and escapes in it counted. Only a frame larger than the limit
     can hold such data: call it for those."""
